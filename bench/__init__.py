@@ -1,0 +1,1 @@
+"""Benchmark suites (imported as perfkit.bench)."""

