@@ -75,3 +75,21 @@ def _positive(section: msgspec.Struct, name: str, fields: tuple[str, ...]) -> No
         v = getattr(section, f)
         if v <= 0:
             raise ValueError(f"$.{name}.{f} must be > 0, got {v}")
+
+
+class CheckpointConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Sharded checkpoints under <run folder>/checkpoints/step_<N>/, committed by a marker file."""
+
+    every_steps: int = 0          # 0: only at the end (if save_at_end)
+    keep_last: int = 3            # complete checkpoints kept; older ones are deleted after a new one commits
+    save_at_end: bool = True
+    resume: str = "none"          # "none", "auto" (newest complete checkpoint of this run), or a checkpoint path
+    warm_start: str = ""          # a checkpoint or export path: load weights only (fresh optimizer and schedule)
+
+    def __post_init__(self):
+        if self.every_steps < 0:
+            raise ValueError(f"$.checkpoint.every_steps must be >= 0, got {self.every_steps}")
+        if self.keep_last < 1:
+            raise ValueError(f"$.checkpoint.keep_last must be >= 1, got {self.keep_last}")
+        if self.resume and self.warm_start and self.resume != "none":
+            raise ValueError("$.checkpoint: set resume or warm_start, not both")
