@@ -3,13 +3,26 @@
 This module depends on nothing else in perfkit. Each component receives only its own section
 (the model gets `ModelConfig`, the loader `DataConfig`, ...). Decoding rejects unknown keys and
 wrong types with the key path in the message (msgspec's `at $.model.n_layer`).
+
+`load_config(path, overrides)` reads a TOML file, applies dotted command-line overrides
+(`--training.max_steps=10`, values parsed as TOML literals), checks every key against the Structs
+(suggesting the close match of a misspelt one) and decodes into `Config`. Any problem raises
+`ConfigError` whose message names the file or the `$.section.key` path.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Literal, Union
 
 import msgspec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -93,3 +106,272 @@ class CheckpointConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
             raise ValueError(f"$.checkpoint.keep_last must be >= 1, got {self.keep_last}")
         if self.resume and self.warm_start and self.resume != "none":
             raise ValueError("$.checkpoint: set resume or warm_start, not both")
+
+
+class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where a run lives and what makes it reproducible."""
+
+    root: str = "runs"            # each run gets <root>/<experiment_id>/
+    experiment_id: str = ""       # "": <UTC timestamp>_<8 hex of the config hash>, chosen by rank 0
+    seed: int = 1234              # weight init (same on every rank); data order uses $.data.seed
+    device: Literal["auto", "cuda", "cpu"] = "auto"   # auto: cuda when available
+
+    def __post_init__(self):
+        if not self.root:
+            raise ValueError("$.run.root must not be empty")
+        if "/" in self.experiment_id or "\\" in self.experiment_id or self.experiment_id in (".", ".."):
+            raise ValueError(f"$.run.experiment_id must be a plain folder name, got {self.experiment_id!r}")
+
+
+class OptimizerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """AdamW. Weight decay applies to matrices only; the kinds in `no_decay` get 0."""
+
+    lr: float = 3e-4              # peak learning rate (onecycle uses $.scheduler.max_lr instead)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    no_decay: list[Literal["embedding", "norm", "bias"]] = msgspec.field(
+        default_factory=lambda: ["embedding", "norm", "bias"])
+    fused: bool | None = None     # None: fused kernel on CUDA, foreach on CPU
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.eps <= 0:
+            raise ValueError(f"$.optimizer.lr and $.optimizer.eps must be > 0, got {self.lr}, {self.eps}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"$.optimizer.betas must be in [0, 1), got {list(self.betas)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"$.optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+# Learning-rate schedules: a tagged union, `kind` picks the Struct (and the code picks the formula).
+# Each Struct carries only its own keys, so a key of another schedule is an error, not ignored.
+
+class ConstantSchedule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag="constant", tag_field="kind"):
+    """lr = $.optimizer.lr after a linear warm-up from 0."""
+
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        _non_negative(self, "scheduler", ("warmup_steps",))
+
+
+class CosineSchedule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag="cosine", tag_field="kind"):
+    """Linear warm-up to $.optimizer.lr, then cosine decay to min_lr_ratio * lr at the last step."""
+
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self):
+        _non_negative(self, "scheduler", ("warmup_steps",))
+        _unit_interval(self, "scheduler", ("min_lr_ratio",))
+
+
+class WSDSchedule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag="wsd", tag_field="kind"):
+    """Warmup-stable-decay: warm-up, constant lr, then decay over the last decay_fraction of steps."""
+
+    warmup_steps: int = 0
+    decay_fraction: float = 0.2
+    decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self):
+        _non_negative(self, "scheduler", ("warmup_steps",))
+        _unit_interval(self, "scheduler", ("decay_fraction", "min_lr_ratio"))
+
+
+class OneCycleSchedule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag="onecycle", tag_field="kind"):
+    """torch's OneCycleLR (the seed's schedule): max_lr/div_factor -> max_lr over pct_start of the steps,
+    then down to max_lr/div_factor/final_div_factor. Replaces $.optimizer.lr."""
+
+    max_lr: float = 6e-4
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    pct_start: float = 0.3
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+
+    def __post_init__(self):
+        _positive(self, "scheduler", ("max_lr", "div_factor", "final_div_factor"))
+        if not 0.0 < self.pct_start < 1.0:
+            raise ValueError(f"$.scheduler.pct_start must be in (0, 1), got {self.pct_start}")
+
+
+SchedulerConfig = Union[ConstantSchedule, CosineSchedule, WSDSchedule, OneCycleSchedule]
+
+
+class TrainingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Batch geometry, training target and the step's numerics.
+
+    Tokens per optimizer step = micro_batch_size * grad_accum_steps * world_size * sequence_length.
+    Target: max_steps if > 0, else target_tokens if > 0, else one pass over $.data.train
+    (the seed's num_tokens_from_packed_mem_map_dataset_continuous).
+    """
+
+    micro_batch_size: int = 8     # samples per rank per forward
+    grad_accum_steps: int = 1     # micro-batches per optimizer step (gradient sync on the last only)
+    global_batch_size: int = 0    # samples per optimizer step; > 0: grad_accum_steps is derived from it
+    max_steps: int = 0
+    target_tokens: int = 0
+    enforce_tokens_per_step_consistency: bool = True  # target_tokens must be a whole number of steps
+    grad_clip: float = 1.0        # global L2 norm across all shards; 0: no clipping
+    eval_every: int = 0           # steps between validation passes over $.data.val; 0: only at the end
+    eval_batches: int = 0         # micro-batches per validation pass; 0: the whole validation set
+    on_nonfinite: Literal["stop", "skip"] = "stop"    # non-finite loss/grad: stop the run or skip the update
+
+    def __post_init__(self):
+        _positive(self, "training", ("micro_batch_size", "grad_accum_steps"))
+        _non_negative(self, "training", ("global_batch_size", "max_steps", "target_tokens",
+                                         "eval_every", "eval_batches"))
+        if self.grad_clip < 0:
+            raise ValueError(f"$.training.grad_clip must be >= 0, got {self.grad_clip}")
+
+
+class ParallelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """FSDP2 sharding, mixed precision and compilation."""
+
+    backend: Literal["auto", "nccl", "gloo"] = "auto"      # auto: nccl on CUDA, gloo on CPU
+    mixed_precision: Literal["bf16", "fp32"] = "bf16"      # bf16 params + fp32 gradient reduction; CPU runs fp32
+    reshard_after_forward: bool = True                     # True: full shard; False: shard-grad-op (ZeRO-2)
+    compile: bool = True                                   # torch.compile each block (fullgraph) before sharding
+    init_device: Literal["meta", "cpu"] = "meta"           # meta: shards are materialized and initialized on the
+    # device (any model size); cpu: the whole model is initialized in host memory, then sharded (initial
+    # weights identical for every world size - used by the loss-parity tests)
+
+
+class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Console line, TensorBoard scalars and metrics.jsonl, written by rank 0 every log_every steps."""
+
+    log_every: int = 10
+    tensorboard: bool = True
+    jsonl: bool = True
+
+    def __post_init__(self):
+        _positive(self, "metrics", ("log_every",))
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A whole run: one section per component."""
+
+    run: RunConfig = msgspec.field(default_factory=RunConfig)
+    data: DataConfig = msgspec.field(default_factory=DataConfig)
+    model: ModelConfig = msgspec.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = msgspec.field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=CosineSchedule)
+    training: TrainingConfig = msgspec.field(default_factory=TrainingConfig)
+    parallel: ParallelConfig = msgspec.field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+
+
+def _non_negative(section: msgspec.Struct, name: str, fields: tuple[str, ...]) -> None:
+    for f in fields:
+        v = getattr(section, f)
+        if v < 0:
+            raise ValueError(f"$.{name}.{f} must be >= 0, got {v}")
+
+
+def _unit_interval(section: msgspec.Struct, name: str, fields: tuple[str, ...]) -> None:
+    for f in fields:
+        v = getattr(section, f)
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"$.{name}.{f} must be in [0, 1], got {v}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: TOML file + dotted overrides -> key check with suggestions -> typed decode.
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file or the `$.section.key` path."""
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    for item in overrides:
+        keys, value = parse_override(item)
+        _set_path(raw, keys, value)
+    return config_from_dict(raw, source=str(path) if path else "<overrides>")
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    try:
+        _check_keys(raw, Config, "$")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`--training.max_steps=10` -> (["training", "max_steps"], 10). The value is a TOML literal
+    (10, 1e-4, true, "text", ["a", "b"]); text that is not a valid literal is taken as a string,
+    so `--run.root=/scratch/runs` needs no quotes."""
+    if not item.startswith("--") or "=" not in item:
+        raise ConfigError(f"override {item!r} must look like --section.key=value")
+    key, text = item[2:].split("=", 1)
+    keys = key.split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ConfigError(f"override {item!r}: the key must be dotted, like --training.max_steps=10")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return keys, value
+
+
+def _set_path(raw: dict, keys: list[str], value: Any) -> None:
+    node = raw
+    for i, k in enumerate(keys[:-1]):
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override ${'.'.join([''] + keys[:i + 1])} is a value, not a section")
+    node[keys[-1]] = value
+
+
+def _struct_for(tp: Any, raw: Any) -> type | None:
+    """The Struct class a raw table decodes into (a tagged union picks by its `kind`), or None."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return tp
+    members = [t for t in getattr(tp, "__args__", ()) if isinstance(t, type) and issubclass(t, msgspec.Struct)]
+    if members and isinstance(raw, dict):
+        for t in members:
+            if t.__struct_config__.tag == raw.get("kind"):
+                return t
+    return None
+
+
+def _check_keys(raw: Any, cls: type, where: str) -> None:
+    """Reject unknown keys before decoding so the message can suggest the close match and list
+    the valid keys (msgspec alone only says "unknown field")."""
+    if not isinstance(raw, dict):
+        return  # a wrong type is reported by msgspec with its path
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    tag = cls.__struct_config__.tag_field
+    for key, value in raw.items():
+        if key == tag:
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown key `{where}.{key}`{hint}")
+        tp = fields[key].type
+        kinds = [t.__struct_config__.tag for t in getattr(tp, "__args__", ())
+                 if isinstance(t, type) and issubclass(t, msgspec.Struct)]
+        if kinds and isinstance(value, dict) and value.get("kind") not in kinds:
+            raise ConfigError(f"`{where}.{key}.kind` must be one of {', '.join(map(repr, kinds))}, "
+                              f"got {value.get('kind')!r}")
+        sub = _struct_for(tp, value)
+        if sub is not None:
+            _check_keys(value, sub, f"{where}.{key}")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return msgspec.to_builtins(cfg)
