@@ -1,0 +1,303 @@
+"""Checkpointer: sharded save, exact resume and warm start for one training run.
+
+How the trainer uses it (every call is collective: all ranks call it at the same step):
+
+    from perfkit.checkpoint import Checkpointer
+    ckpt = Checkpointer(cfg.checkpoint, run_dir,
+                        model=model, optimizer=optimizer,      # the fully_shard'ed (or plain) model
+                        scheduler=scheduler, loader=loader,    # anything with state_dict/load_state_dict
+                        progress=progress,                     # step, tokens_seen, nonfinite_skips
+                        model_config=cfg.model,                # checked against the checkpoint's
+                        config=resolved_config_dict,           # saved as config.json (any JSON-able)
+                        faults=nonfinite_guard)                # optional perfkit.train.faults.NonFiniteGuard
+    ckpt.restore()        # once, after building everything, before the first step; mutates
+                          # model/optimizer/scheduler/loader/progress in place; returns the path or None
+    while progress.step < max_steps:
+        train_step(); progress.step += 1
+        if preemption.should_stop():           # perfkit.train.preemption.PreemptionGuard
+            ckpt.save(progress.step); return preemption.exit_code
+        ckpt.maybe_save(progress.step)         # every cfg.every_steps steps
+    ckpt.maybe_save(progress.step, final=True) # cfg.save_at_end (skipped if this step is saved already)
+
+Model and optimizer go through torch.distributed.checkpoint (DCP): each rank writes its own
+shards, and a load on a different number of ranks reshards. The rest (progress, scheduler,
+loader) is written by rank 0 and must be global, i.e. the same on every rank; RNG states are
+per rank and restored only when the rank count is unchanged. See layout.py for the folder format
+and the commit protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict)
+
+from perfkit.checkpoint import layout, state
+from perfkit.checkpoint.layout import CheckpointError
+
+TRAIN_STATE = "train_state.pt"
+CONFIG_JSON = "config.json"
+MODEL_CONFIG_JSON = "model_config.json"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank:05d}.pt"
+
+
+class Checkpointer:
+    def __init__(self, cfg, run_dir: str | Path, *, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer | None, progress: Any, model_config: Any,
+                 scheduler: Any = None, loader: Any = None, config: Any = None, faults: Any = None,
+                 process_group: dist.ProcessGroup | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
+        self.progress = progress
+        self.model_config = state.model_config_dict(model_config)
+        self.config = config
+        self.faults = faults
+        self.group = process_group
+        self.last_saved_step: int | None = None
+
+    # ---- saving -------------------------------------------------------------------------------
+
+    def maybe_save(self, step: int, *, final: bool = False) -> Path | None:
+        """Save if `step` is a multiple of every_steps, or at the end when save_at_end is set."""
+        if step == self.last_saved_step:
+            return None
+        due = self.cfg.save_at_end if final else (self.cfg.every_steps > 0 and step % self.cfg.every_steps == 0)
+        return self.save(step) if due else None
+
+    def save(self, step: int) -> Path:
+        """Write checkpoint `step` atomically and prune to keep_last. Collective."""
+        if self.faults is not None:
+            # a run that hit a non-finite value in "stop" mode must not checkpoint poisoned weights;
+            # this also brings the device-side skip counter into progress (a save syncs anyway)
+            self.faults.poll(self.progress)
+        rank, world = _rank(self.group), _world(self.group)
+        root = layout.checkpoints_dir(self.run_dir)
+        final = root / layout.step_dir_name(step)
+        partial = final.with_name(final.name + layout.PARTIAL_SUFFIX)
+        if rank == 0:
+            layout.clear_partial(partial)  # a leftover from a killed save of the same step
+        _barrier(self.group)
+
+        torch.save(state.capture_rng(), partial / rng_file(rank))
+        if rank == 0:
+            torch.save({"step": step, "world_size": world,
+                        "progress": state.progress_state(self.progress),
+                        "scheduler": _state_of(self.scheduler),
+                        "loader": _state_of(self.loader)}, partial / TRAIN_STATE)
+            (partial / MODEL_CONFIG_JSON).write_text(json.dumps(self.model_config, indent=1, sort_keys=True))
+            if self.config is not None:
+                (partial / CONFIG_JSON).write_text(json.dumps(_jsonable(self.config), indent=1, sort_keys=True))
+
+        dcp.save(self._sharded_state(), checkpoint_id=str(partial), process_group=self.group)
+        # dcp.save returns once every rank's shards and the coordinator's .metadata are written,
+        # so every file is in place now; ranks split the checksumming.
+        names = layout.data_files(partial)
+        mine = {n: {"bytes": (partial / n).stat().st_size, "crc32": layout.file_crc32(partial / n)}
+                for n in names[rank::world]}
+        entries = {}
+        for part in _gather(mine, self.group):
+            entries.update(part)
+        if rank == 0:
+            layout.write_manifest_and_commit(partial, final, entries, step)
+            layout.prune(self.run_dir, self.cfg.keep_last)
+        _barrier(self.group)
+        self.last_saved_step = step
+        _log(rank, f"checkpoint: saved step {step} to {final}")
+        return final
+
+    def _sharded_state(self) -> dict[str, Any]:
+        if self.optimizer is None:
+            return {"model": get_model_state_dict(self.model)}
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    # ---- loading ------------------------------------------------------------------------------
+
+    def restore(self) -> Path | None:
+        """Resume (cfg.resume: "auto" or a path) or warm start (cfg.warm_start). Collective.
+
+        Returns the checkpoint loaded, or None for a fresh start ("none", or "auto" with nothing
+        saved yet). Raises CheckpointError, on every rank, for a missing/corrupt/mismatched one.
+        """
+        resume = (self.cfg.resume or "none").strip()
+        warm = (self.cfg.warm_start or "").strip()
+        if resume == "none" and not warm:
+            return None
+        rank = _rank(self.group)
+        if warm:
+            target = _agree(lambda: _resolve_warm(warm), self.group)
+            self._load_weights_only(target)
+            self.last_saved_step = None
+            _log(rank, f"checkpoint: warm start (weights only) from {target}")
+            return target
+        if resume == "auto":
+            target = _agree(lambda: layout.latest_checkpoint(self.run_dir), self.group)
+            if target is None:
+                _log(rank, f"checkpoint: resume=auto found no complete checkpoint in "
+                           f"{layout.checkpoints_dir(self.run_dir)}; starting fresh")
+                return None
+        else:
+            target = _agree(lambda: layout.resolve_checkpoint(resume), self.group)
+        self._verify(target)
+        self._check_model_config(target)
+        self._load_sharded(target, with_optimizer=self.optimizer is not None)
+        train = torch.load(target / TRAIN_STATE, weights_only=True)
+        state.load_progress(self.progress, train["progress"])
+        if self.scheduler is not None and train.get("scheduler") is not None:
+            self.scheduler.load_state_dict(train["scheduler"])
+        if self.loader is not None and train.get("loader") is not None:
+            self.loader.load_state_dict(train["loader"])
+        world = _world(self.group)
+        if train["world_size"] == world:
+            state.restore_rng(torch.load(target / rng_file(rank), weights_only=True))
+        else:
+            _log(rank, f"checkpoint: saved on {train['world_size']} ranks, resuming on {world}: "
+                       "weights and optimizer are resharded, RNG states start from the run seed")
+        self.last_saved_step = train["step"]
+        _log(rank, f"checkpoint: resumed from {target} (step {train['step']})")
+        return target
+
+    def _verify(self, target: Path) -> None:
+        """Every file present with its manifest size; CRCs recomputed, split across ranks."""
+        rank, world = _rank(self.group), _world(self.group)
+        try:
+            names = layout.manifest_files(target)
+        except (OSError, ValueError) as e:
+            names, problems = [], [f"{layout.MANIFEST} unreadable: {e}"]
+        else:
+            problems = layout.verify(target, names[rank::world])
+        problems = sorted({p for part in _gather(problems, self.group) for p in part})
+        if problems:
+            raise CheckpointError(f"checkpoint {target} is damaged: " + "; ".join(problems))
+
+    def _check_model_config(self, target: Path) -> None:
+        try:
+            saved = json.loads((target / MODEL_CONFIG_JSON).read_text())
+        except (OSError, ValueError):
+            return  # no model config saved: the shape check in _load_sharded still guards
+        fatal, harmless = state.model_config_differences(saved, self.model_config)
+        if fatal:
+            raise CheckpointError(f"checkpoint {target} was written for a different model config: "
+                                  + "; ".join(fatal))
+        if harmless:
+            _log(_rank(self.group), "checkpoint: model config differs in runtime-only fields: " + "; ".join(harmless))
+
+    def _load_sharded(self, target: Path, *, with_optimizer: bool) -> None:
+        want = self._sharded_state() if with_optimizer else {"model": get_model_state_dict(self.model)}
+        self._check_shapes(target, want["model"])
+        try:
+            dcp.load(want, checkpoint_id=str(target), process_group=self.group)
+        except Exception as e:  # DCP raises CheckpointException and friends with per-rank details
+            raise CheckpointError(f"loading {target} failed: {e}") from e
+        if with_optimizer:
+            set_state_dict(self.model, self.optimizer, model_state_dict=want["model"],
+                           optim_state_dict=want["optim"])
+        else:
+            set_model_state_dict(self.model, want["model"])
+
+    def _check_shapes(self, target: Path, model_sd: dict[str, Any]) -> None:
+        meta = dcp.FileSystemReader(str(target)).read_metadata().state_dict_metadata
+        found = {k[len("model."):]: tuple(v.size) for k, v in meta.items()
+                 if k.startswith("model.") and hasattr(v, "size")}
+        expected = {k: tuple(v.shape) for k, v in model_sd.items() if isinstance(v, torch.Tensor)}
+        diffs = state.shape_differences(expected, found)
+        if diffs:
+            raise CheckpointError(f"checkpoint {target} does not fit this model: " + "; ".join(diffs[:20])
+                                  + (f"; ... {len(diffs) - 20} more" if len(diffs) > 20 else ""))
+
+    def _load_weights_only(self, target: Path) -> None:
+        if target.is_file():
+            from perfkit.checkpoint.export import load_export
+            exported = load_export(target)
+            fatal, _ = state.model_config_differences(exported["model_config"], self.model_config)
+            if fatal:
+                raise CheckpointError(f"export {target} was written for a different model config: "
+                                      + "; ".join(fatal))
+            full = exported["state_dict"]
+            expected = {k: tuple(v.shape) for k, v in get_model_state_dict(self.model).items()}
+            diffs = state.shape_differences(expected, {k: tuple(v.shape) for k, v in full.items()})
+            if diffs:
+                raise CheckpointError(f"export {target} does not fit this model: " + "; ".join(diffs[:20]))
+            set_model_state_dict(self.model, full, options=StateDictOptions(full_state_dict=True))
+            return
+        self._verify(target)
+        self._check_model_config(target)
+        self._load_sharded(target, with_optimizer=False)
+
+
+def _resolve_warm(path: str) -> Path:
+    p = Path(path)
+    if p.is_file():
+        return p
+    return layout.resolve_checkpoint(p)
+
+
+def _state_of(obj: Any) -> Any:
+    return None if obj is None else obj.state_dict()
+
+
+def _jsonable(config: Any) -> Any:
+    if isinstance(config, (dict, list, str, int, float, bool)) or config is None:
+        return config
+    import msgspec
+    return msgspec.to_builtins(config)
+
+
+# ---- thin collective helpers: each works without torch.distributed initialized ---------------
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank(group) -> int:
+    return dist.get_rank(group) if _distributed() else 0
+
+
+def _world(group) -> int:
+    return dist.get_world_size(group) if _distributed() else 1
+
+
+def _barrier(group) -> None:
+    if _distributed():
+        dist.barrier(group=group)
+
+
+def _gather(obj: Any, group) -> list[Any]:
+    if not _distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def _agree(decide, group):
+    """Run `decide` on rank 0 and hand its answer (or its CheckpointError) to every rank."""
+    box: list[Any] = [None]
+    if _rank(group) == 0:
+        try:
+            box[0] = ("ok", decide())
+        except CheckpointError as e:
+            box[0] = ("error", str(e))
+    if _distributed():
+        dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0) if group is not None else 0,
+                                   group=group)
+    kind, value = box[0]
+    if kind == "error":
+        raise CheckpointError(value)
+    return value
+
+
+def _log(rank: int, msg: str) -> None:
+    if rank == 0:
+        print(msg, file=sys.stderr, flush=True)
