@@ -99,7 +99,8 @@ class Checkpointer:
             if self.config is not None:
                 (partial / CONFIG_JSON).write_text(json.dumps(_jsonable(self.config), indent=1, sort_keys=True))
 
-        dcp.save(self._sharded_state(), checkpoint_id=str(partial), process_group=self.group)
+        dcp.save(self._sharded_state(), checkpoint_id=str(partial), process_group=self.group,
+                 no_dist=not _distributed())
         # dcp.save returns once every rank's shards and the coordinator's .metadata are written,
         # so every file is in place now; ranks split the checksumming.
         names = layout.data_files(partial)
@@ -197,7 +198,7 @@ class Checkpointer:
         want = self._sharded_state() if with_optimizer else {"model": get_model_state_dict(self.model)}
         self._check_shapes(target, want["model"])
         try:
-            dcp.load(want, checkpoint_id=str(target), process_group=self.group)
+            dcp.load(want, checkpoint_id=str(target), process_group=self.group, no_dist=not _distributed())
         except Exception as e:  # DCP raises CheckpointException and friends with per-rank details
             raise CheckpointError(f"loading {target} failed: {e}") from e
         if with_optimizer:
