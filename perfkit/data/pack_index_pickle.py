@@ -1,0 +1,322 @@
+"""The .pbin document index: a pickle (protocol 4) of [(byte_offset, byte_length), ...].
+
+Modalities writes `pickle.dumps(index_list)`; a 10-million-document corpus makes 10 million tuples
+on the way in and out. This module encodes and parses that exact byte stream with numpy instead,
+one vectorized pass per block, and never runs the stock unpickler on file contents.
+
+The byte stream CPython's C pickler (`_pickle`) writes for a list of non-negative int pairs:
+    PROTO 4 | ']' MEMOIZE | ('(' tuple*1000 'e')* ... '.'     (a 1-item list: ']' MEMOIZE tuple 'a' '.')
+    tuple = int int TUPLE2(0x86) MEMOIZE(0x94)
+    int   = 'K' u8 | 'M' u16 | 'J' i32 | LONG1(0x8a) n <n bytes two's complement>   (smallest that fits)
+and the body after PROTO is cut into frames: FRAME(0x95) u64-length payload. The pickler checks for
+a frame cut when it starts saving an object (each tuple, and each int in it) and cuts once the open
+frame holds >= 64 KiB; a frame of fewer than 4 bytes gets no FRAME header. (Verified against
+pickle.dumps in tests/test_pbin.py over list sizes, batch edges and every int opcode width.)
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import pickletools
+from typing import Iterator
+
+import numpy as np
+
+FRAME_SIZE_TARGET = 64 * 1024
+BATCH_SIZE = 1000          # items per MARK ... APPENDS batch (CPython's BATCHSIZE)
+MAX_VALUE = 1 << 62        # no file offset is this large; keeps offset + length inside int64
+
+_K, _M, _J, _LONG1 = 0x4B, 0x4D, 0x4A, 0x8A
+_TUPLE2, _MEMOIZE, _FRAME = 0x86, 0x94, 0x95
+_MARK, _APPENDS, _APPEND, _STOP = 0x28, 0x65, 0x61, 0x2E
+
+# Opcodes a list of int pairs can be written with; anything else (globals, reduce, strings, ...)
+# is refused before the restricted unpickler runs.
+_ALLOWED_OPCODES = frozenset({
+    "PROTO", "FRAME", "STOP", "MARK", "EMPTY_LIST", "LIST", "APPEND", "APPENDS", "EMPTY_TUPLE",
+    "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1",
+    "LONG4", "PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "GET", "BINGET", "LONG_BINGET", "POP",
+    "POP_MARK", "DUP",
+})
+
+
+class IndexPickleError(ValueError):
+    """The index bytes are not a pickle of a list of non-negative int pairs."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder
+
+
+def _int_opcodes(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For non-negative int64 values: (opcode, header bytes before the payload, payload bytes)."""
+    big = v >= (1 << 31)
+    # LONG1 length: the smallest n with v < 2**(8n - 1) (two's complement keeps a sign bit).
+    n_long = 1 + sum((v >= (1 << (8 * k - 1))).astype(np.int64) for k in range(1, 8))
+    op = np.where(v < 256, _K, np.where(v < 65536, _M, np.where(big, _LONG1, _J))).astype(np.uint8)
+    payload = np.where(v < 256, 1, np.where(v < 65536, 2, np.where(big, n_long, 4)))
+    head = np.where(big, 2, 1)  # LONG1 carries a length byte after the opcode
+    return op, head, payload
+
+
+def _put_ints(buf: np.ndarray, at: np.ndarray, v: np.ndarray, op, head, payload) -> None:
+    buf[at] = op
+    long_mask = op == _LONG1
+    buf[at[long_mask] + 1] = payload[long_mask]
+    le_bytes = v.astype("<u8").view(np.uint8).reshape(-1, 8)  # (k, 8) little-endian bytes
+    start = at + head
+    for j in range(8):
+        m = payload > j
+        if not m.any():
+            break
+        buf[start[m] + j] = le_bytes[m, j]
+
+
+def _encode_items(off: np.ndarray, ln: np.ndarray, first: int, total: int) -> tuple[bytes, np.ndarray]:
+    """Unframed bytes of items first..first+k-1 of a `total`-item list, and the positions (relative
+    to the returned bytes) right after each finished object, where the pickler may cut a frame."""
+    k = off.shape[0]
+    g = np.arange(first, first + k)
+    many = total > 1
+    pre = ((g % BATCH_SIZE == 0) & many).astype(np.int64)                   # '(' opens a batch
+    suf = (((g % BATCH_SIZE == BATCH_SIZE - 1) | (g == total - 1)) | (not many)).astype(np.int64)
+    op_a, head_a, pay_a = _int_opcodes(off)
+    op_b, head_b, pay_b = _int_opcodes(ln)
+    len_a, len_b = head_a + pay_a, head_b + pay_b
+    item_len = pre + len_a + len_b + 2 + suf
+    ends = np.cumsum(item_len)
+    starts = ends - item_len
+    buf = np.empty(int(ends[-1]) if k else 0, dtype=np.uint8)
+    buf[starts[pre == 1]] = _MARK
+    a_at = starts + pre
+    b_at = a_at + len_a
+    t_at = b_at + len_b
+    _put_ints(buf, a_at, off, op_a, head_a, pay_a)
+    _put_ints(buf, b_at, ln, op_b, head_b, pay_b)
+    buf[t_at] = _TUPLE2
+    buf[t_at + 1] = _MEMOIZE
+    buf[t_at[suf == 1] + 2] = _APPENDS if many else _APPEND
+    cuts = np.stack([a_at, b_at], axis=1).ravel()  # before each tuple (and its int a), before int b
+    return buf.tobytes(), cuts
+
+
+class _Framer:
+    """Cuts an unframed body into FRAME opcodes the way CPython's pickler does."""
+
+    def __init__(self):
+        self.frame_start = 0   # absolute body position where the open frame begins
+        self.pos = 0           # absolute body position of the end of what was added
+        self.open_parts: list[bytes] = []
+
+    def add(self, data: bytes, cuts_rel: np.ndarray) -> Iterator[bytes]:
+        cuts = cuts_rel + self.pos
+        used = 0
+        while True:
+            i = int(np.searchsorted(cuts, self.frame_start + FRAME_SIZE_TARGET))
+            if i == cuts.shape[0]:
+                break
+            cut = int(cuts[i])
+            self.open_parts.append(data[used:cut - self.pos])
+            yield _frame(b"".join(self.open_parts))
+            self.open_parts, used, self.frame_start = [], cut - self.pos, cut
+        self.open_parts.append(data[used:])
+        self.pos += len(data)
+
+    def finish(self) -> Iterator[bytes]:
+        yield _frame(b"".join(self.open_parts))
+
+
+def _frame(content: bytes) -> bytes:
+    if len(content) < 4:  # too small to be worth a header (CPython's FRAME_SIZE_MIN)
+        return content
+    return bytes([_FRAME]) + len(content).to_bytes(8, "little") + content
+
+
+def iter_index_pickle(offsets, lengths, block: int = 1 << 20) -> Iterator[bytes]:
+    """Yield the bytes of `pickle.dumps(list(zip(offsets, lengths)), protocol=4)`, byte for byte,
+    encoding `block` pairs at a time so memory stays bounded for any number of documents."""
+    off = np.ascontiguousarray(offsets, dtype=np.int64)
+    ln = np.ascontiguousarray(lengths, dtype=np.int64)
+    if off.shape != ln.shape or off.ndim != 1:
+        raise ValueError(f"offsets {off.shape} and lengths {ln.shape} must be 1-D and equal")
+    if off.size and (min(off.min(), ln.min()) < 0 or max(off.max(), ln.max()) >= MAX_VALUE):
+        raise ValueError("index values must be in [0, 2**62)")
+    total = off.shape[0]
+    yield b"\x80\x04"
+    framer = _Framer()
+    yield from framer.add(b"]\x94", np.zeros(0, dtype=np.int64))
+    for first in range(0, total, block):
+        body, cuts = _encode_items(off[first:first + block], ln[first:first + block], first, total)
+        yield from framer.add(body, cuts)
+    yield from framer.add(b".", np.zeros(0, dtype=np.int64))
+    yield from framer.finish()
+
+
+def encode_index_pickle(offsets, lengths) -> bytes:
+    return b"".join(iter_index_pickle(offsets, lengths))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser
+
+
+def parse_index_pickle(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, lengths) as int64 arrays from index bytes. Fast path for the canonical stream;
+    other legal encodings go through an opcode allow-list and a global-refusing unpickler."""
+    parsed = _parse_canonical(raw)
+    return parsed if parsed is not None else _parse_restricted(raw)
+
+
+def _deframe(raw: bytes) -> bytes | None:
+    """The pickle body without PROTO and FRAME headers, or None if the layout is unusual."""
+    if len(raw) < 3 or raw[0] != 0x80 or raw[1] not in (4, 5):
+        return None
+    if raw[2] != _FRAME:
+        return raw[2:]
+    parts, pos, view = [], 2, memoryview(raw)
+    while pos < len(raw):  # one iteration per 64 KiB frame
+        if raw[pos] != _FRAME or pos + 9 > len(raw):
+            return None
+        end = pos + 9 + int.from_bytes(raw[pos + 1:pos + 9], "little")
+        if end > len(raw):
+            return None
+        parts.append(view[pos + 9:end])
+        pos = end
+    return b"".join(parts)
+
+
+_OP_LEN = np.zeros(256, dtype=np.int64)  # bytes an int opcode occupies (LONG1: plus its n)
+_OP_LEN[_K], _OP_LEN[_M], _OP_LEN[_J], _OP_LEN[_LONG1] = 2, 3, 5, 2
+
+
+def _parse_canonical(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    body = _deframe(raw)
+    if body is None:
+        return None
+    if body == b"]\x94.":
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    n = len(body)
+    if n < 10 or body[:2] != b"]\x94" or body[-1] != _STOP:
+        return None
+    batched = body[2] == _MARK
+    if body[-2] != (_APPENDS if batched else _APPEND):
+        return None
+    lo, hi = (3 if batched else 2), n - 2          # the items live in body[lo:hi]
+    b = np.zeros(n + 1024, dtype=np.uint8)         # zero padding: lookups past the end read 0
+    b[:n] = np.frombuffer(body, dtype=np.uint8)
+
+    # Candidate tuple starts: lo, and right after every TUPLE2 MEMOIZE byte pair (skipping an
+    # 'e(' batch break). A pair inside an int payload gives a false candidate; the walk below
+    # steps over those, so the parse is exactly the deterministic left-to-right one.
+    q = np.flatnonzero(b[lo:hi - 1] == _TUPLE2) + lo
+    pair_end = q[b[q + 1] == _MEMOIZE] + 2
+    pair_end = pair_end[pair_end < hi]
+    brk = (b[pair_end] == _APPENDS) & (b[pair_end + 1] == _MARK) if batched else np.zeros(len(pair_end), bool)
+    starts = np.concatenate([[lo], pair_end + 2 * brk]).astype(np.int64)
+
+    def int_len(p):
+        return _OP_LEN[b[p]] + np.where(b[p] == _LONG1, b[p + 1], 0)
+
+    len_a = int_len(starts)
+    p2 = starts + len_a
+    len_b = int_len(p2)
+    t = p2 + len_b
+    end = t + 2
+    valid = (len_a > 0) & (len_b > 0) & (b[t] == _TUPLE2) & (b[t + 1] == _MEMOIZE) & (end <= hi)
+    terminal = valid & (end == hi)
+    nxt = end + 2 * (batched & (b[end] == _APPENDS) & (b[end + 1] == _MARK))
+    j = np.minimum(np.searchsorted(starts, nxt), len(starts) - 1)
+    linked = valid & ~terminal & (starts[j] == nxt)
+    good = linked & (j == np.arange(len(starts)) + 1)
+
+    bad = np.flatnonzero(~good)
+    runs, c = [], 0
+    while True:  # one iteration per false candidate (rare), not per document
+        k = int(np.searchsorted(bad, c))
+        if k == len(bad):
+            return None
+        cb = int(bad[k])
+        runs.append(np.arange(c, cb + 1))
+        if terminal[cb]:
+            break
+        if not linked[cb]:
+            return None
+        c = int(j[cb])
+    chain = starts[np.concatenate(runs)]
+    if not batched and len(chain) != 1:
+        return None
+    return _decode_ints(b, chain), _decode_ints(b, chain + len_a[np.concatenate(runs)])
+
+
+def _decode_ints(b: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Values of the int opcodes at positions `at` (non-negative, < 2**62, else an error)."""
+    op = b[at]
+    out = np.zeros(at.shape[0], dtype=np.int64)
+    for code, nbytes in ((_K, 1), (_M, 2), (_J, 4)):
+        sel = np.flatnonzero(op == code)
+        if sel.size:
+            p = at[sel] + 1
+            out[sel] = sum(b[p + i].astype(np.int64) << (8 * i) for i in range(nbytes))
+            if code == _J and (out[sel] >= 1 << 31).any():
+                raise IndexPickleError("negative offset or length in the index")
+    sel = np.flatnonzero(op == _LONG1)
+    if sel.size:
+        lens = b[at[sel] + 1].astype(np.int64)
+        if lens.max() > 8:
+            raise IndexPickleError("index value too large for a file offset")
+        for nb in np.unique(lens):
+            s = sel[lens == nb]
+            p = at[s] + 2
+            v = sum(b[p + i].astype(np.uint64) << np.uint64(8 * i) for i in range(int(nb)))
+            if nb and (b[p + nb - 1] & 0x80).any():
+                raise IndexPickleError("negative offset or length in the index")
+            if (np.asarray(v, dtype=np.uint64) >= MAX_VALUE).any():
+                raise IndexPickleError("index value too large for a file offset")
+            out[s] = np.asarray(v, dtype=np.uint64).astype(np.int64)
+    return out
+
+
+class _RefusingUnpickler(pickle.Unpickler):
+    """Defense in depth behind the opcode allow-list: no class or persistent object, ever."""
+
+    def find_class(self, module, name):
+        raise IndexPickleError(f"the index pickle references {module}.{name}; refused (not a list of int pairs)")
+
+    def persistent_load(self, pid):
+        raise IndexPickleError("the index pickle uses a persistent id; refused (not a list of int pairs)")
+
+
+def _parse_restricted(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    stop_pos = None
+    try:
+        for opcode, _arg, pos in pickletools.genops(raw):
+            if opcode.name not in _ALLOWED_OPCODES:
+                raise IndexPickleError(f"opcode {opcode.name} at byte {pos} is not allowed in an index "
+                                       "(it must be a list of int pairs); refused")
+            if opcode.name == "STOP":
+                stop_pos = pos
+    except IndexPickleError:
+        raise
+    except Exception as e:  # pickletools raises ValueError and friends on truncated streams
+        raise IndexPickleError(f"not a valid pickle: {e}") from None
+    if stop_pos is None:
+        raise IndexPickleError("not a valid pickle: no STOP opcode")
+    if stop_pos + 1 != len(raw):
+        raise IndexPickleError(f"{len(raw) - stop_pos - 1} trailing bytes after the index pickle")
+    try:
+        obj = _RefusingUnpickler(io.BytesIO(raw)).load()
+    except IndexPickleError:
+        raise
+    except Exception as e:
+        raise IndexPickleError(f"not a valid pickle: {e}") from None
+    if not isinstance(obj, list):
+        raise IndexPickleError(f"the index is a {type(obj).__name__}, expected a list of (offset, length) pairs")
+    for i, item in enumerate(obj):
+        if not (type(item) is tuple and len(item) == 2 and type(item[0]) is int and type(item[1]) is int):
+            raise IndexPickleError(f"index entry {i} is {item!r:.80}, expected an (offset, length) int pair")
+    arr = np.array(obj, dtype=object).reshape(-1, 2)
+    if arr.size and (arr.min() < 0 or arr.max() >= MAX_VALUE):
+        raise IndexPickleError("index values must be non-negative file offsets")
+    arr = arr.astype(np.int64)
+    return np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
