@@ -1,0 +1,130 @@
+"""Training metrics: one console line, TensorBoard scalars and a metrics.jsonl record per log.
+
+Only rank 0 writes (pass enabled=False elsewhere). Every record has the same keys; values that
+cannot be known are None in JSON, "n/a" on the console and absent from TensorBoard (MFU on a GPU
+whose peak is not in the table is never guessed).
+
+Throughput numbers (design.md): tokens/s per GPU is the headline; TFLOP/s per GPU =
+tokens/s per GPU * FLOPs per token; MFU = TFLOP/s / dense bf16 peak of the GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+from perfkit.config import MetricsConfig
+
+# Dense bf16 peak FLOP/s by GPU name; checked in order, so the more specific names come first.
+_PEAK_BF16 = (
+    ("H200", 989e12),
+    ("H100 PCIE", 756e12),
+    ("H100", 989e12),   # SXM (and the NVL/HBM3 names torch reports for SXM parts)
+    ("A100", 312e12),
+)
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Dense bf16 peak of a GPU from its torch name (e.g. "NVIDIA H100 80GB HBM3"), None if unknown."""
+    if not device_name:
+        return None
+    name = device_name.upper()
+    for key, peak in _PEAK_BF16:
+        if key in name:
+            return peak
+    return None
+
+
+def throughput(tokens_per_s_per_gpu: float, flops_per_token: float, peak: float | None) -> tuple[float, float | None]:
+    """(TFLOP/s per GPU, MFU in [0, 1] or None when the peak is unknown)."""
+    flops = tokens_per_s_per_gpu * flops_per_token
+    return flops / 1e12, (flops / peak if peak else None)
+
+
+def host_peak_rss_gib() -> float:
+    """This process's peak resident memory (the CPU stand-in for CUDA peak allocated)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 2**20
+
+
+# Console line layout: (key, label, format). A None value prints "n/a".
+_CONSOLE = (
+    ("loss", "loss", "{:.4f}"), ("lr", "lr", "{:.2e}"), ("grad_norm", "gnorm", "{:.3f}"),
+    ("tokens_per_s_per_gpu", "tok/s/gpu", "{:,.0f}"), ("tflops_per_gpu", "TFLOP/s", "{:.1f}"),
+    ("mfu", "MFU", "{:.1%}"), ("peak_mem_gib", "mem GiB", "{:.2f}"),
+    ("data_wait_frac", "data wait", "{:.1%}"), ("tokens_seen", "tokens", "{:,}"),
+)
+
+# TensorBoard tags of the record keys.
+_TB_TAGS = {
+    "loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "tokens_seen": "train/tokens_seen",
+    "tokens_per_s_per_gpu": "perf/tokens_per_s_per_gpu", "tflops_per_gpu": "perf/tflops_per_gpu",
+    "mfu": "perf/mfu", "peak_mem_gib": "perf/peak_mem_gib", "data_wait_frac": "perf/data_wait_frac",
+    "val_loss": "val/loss", "nonfinite_skips": "train/nonfinite_skips",
+}
+
+
+class MetricsLogger:
+    def __init__(self, cfg: MetricsConfig, run_dir: str | Path, *, enabled: bool = True, max_steps: int = 0):
+        self.cfg = cfg
+        self.enabled = enabled
+        self.max_steps = max_steps
+        self.run_dir = Path(run_dir)
+        self._tb = None
+        self._jsonl = None
+        if not enabled:
+            return
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow and optional
+            self._tb = SummaryWriter(log_dir=str(self.tensorboard_dir))
+        if cfg.jsonl:
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.run_dir / "tensorboard"
+
+    def log(self, step: int, record: dict[str, Any], *, kind: str = "train") -> None:
+        """Write one record (plain Python numbers, already read from the device) everywhere."""
+        if not self.enabled:
+            return
+        record = {"step": step, "kind": kind, **record}
+        print(self.format_line(record), flush=True)
+        if self._tb is not None:
+            for key, value in record.items():
+                tag = _TB_TAGS.get(key)
+                if tag and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(tag, value, step)
+            self._tb.flush()
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record, allow_nan=True) + "\n")
+            self._jsonl.flush()
+
+    def format_line(self, record: dict[str, Any]) -> str:
+        total = f"/{self.max_steps}" if self.max_steps else ""
+        parts = [f"step {record['step']}{total}"]
+        if record.get("kind") == "val":
+            return f"{parts[0]} | val loss {record['val_loss']:.4f}"
+        for key, label, fmt in _CONSOLE:
+            if key not in record:
+                continue
+            value = record[key]
+            parts.append(f"{label} {'n/a' if value is None else fmt.format(value)}")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+
+def print_main(enabled: bool, *args) -> None:
+    if enabled:
+        print(*args, file=sys.stdout, flush=True)

@@ -1,0 +1,81 @@
+"""`perfkit train CONFIG [--section.key=value ...] [--dry-run]` (also `python -m perfkit.train`,
+`torchrun ... -m perfkit.train`).
+
+Setup order, chosen so that bad input fails on every rank before any collective can hang:
+config (parse, overrides, validation) -> environment (rank, device) -> data files and the plan
+(batch geometry, target, token ids < vocab) -> process group -> model/optimizer/scheduler ->
+run folder, checkpoint restore -> loop.
+
+Exit codes: 0 done; 2 invalid config or command line; 1 any other error before or during training;
+143/130 preempted by SIGTERM/SIGINT after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+from perfkit.config import Config, ConfigError, config_to_dict, load_config
+
+EPILOG = """Overrides use the TOML keys: --training.max_steps=100 --data.train='["a.pbin", "b.pbin"]'
+--run.root=/scratch/runs (values are TOML literals; text that is not one is taken as a string).
+Exit codes: 0 done, 1 error, 2 bad config, 143/130 preempted (SIGTERM/SIGINT) after a checkpoint."""
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="perfkit train", description="Train a GPT from a TOML config.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="TOML config file, e.g. configs/gpt2.toml")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config with derived values as JSON and exit (no GPU used)")
+    args, rest = parser.parse_known_args(argv)
+    overrides, i = [], 0
+    while i < len(rest):  # accept --a.b=value and --a.b value
+        item = rest[i]
+        if item.startswith("--") and "=" not in item and "." in item and i + 1 < len(rest):
+            item, i = f"{item}={rest[i + 1]}", i + 1
+        if not item.startswith("--") or "." not in item.split("=", 1)[0]:
+            parser.error(f"unrecognized argument {item!r} (overrides look like --section.key=value)")
+        overrides.append(item)
+        i += 1
+    return args, overrides
+
+
+def resolved_config(cfg: Config, plan) -> dict:
+    """The config as decoded (defaults filled in) plus the derived numbers under "derived"."""
+    out = config_to_dict(cfg)
+    out["derived"] = plan.to_dict()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, overrides = parse_args(argv)
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"perfkit train: invalid config: {e}", file=sys.stderr)
+        return 2
+
+    from perfkit.train import setup  # imports torch; kept out of `--help` and config errors
+
+    try:
+        env = setup.read_env_checked(cfg)
+        plan = setup.make_run_plan(cfg, env)
+        if args.dry_run:
+            print(json.dumps(resolved_config(cfg, plan), indent=2))
+            return 0
+        setup.check_data(cfg)
+    except setup.SETUP_ERRORS as e:
+        print(f"perfkit train: {e}", file=sys.stderr)
+        return 1 if not isinstance(e, ConfigError) else 2
+    try:
+        return setup.run(cfg, env, plan, resolved_config(cfg, plan))
+    except setup.SETUP_ERRORS as e:  # errors found after the process group exists (e.g. checkpoint)
+        print(f"perfkit train: rank {env.rank}: {e}", file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        return 1

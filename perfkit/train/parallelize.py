@@ -1,0 +1,71 @@
+"""Build the model for training: construct, compile each block, shard with FSDP2, materialize.
+
+Order (torchtitan's, for reasons):
+1. Construct on the meta device: no memory, so a model larger than one GPU can be described.
+2. `block.compile(fullgraph=True)` per transformer block - in place, so parameter names stay
+   `blocks.0.attn...` (a checkpoint loads with compile on or off) and every block reuses one graph.
+3. `fully_shard` per block, then the root (embedding, final norm, head): one all-gather per block
+   in forward, one reduce-scatter per block in backward, overlapped with compute.
+4. `to_empty(device)` allocates only this rank's shards; `init_weights()` fills them.
+
+Mixed precision: bf16 parameters for compute, fp32 gradient reduction and fp32 master weights
+(the optimizer sees the sharded fp32 parameters). On CPU everything stays fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+from perfkit.config import ModelConfig, ParallelConfig
+
+
+def mp_policy(par: ParallelConfig, device: torch.device) -> MixedPrecisionPolicy:
+    if par.mixed_precision == "bf16" and device.type == "cuda":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()  # fp32 throughout (CPU runs, or mixed_precision = "fp32")
+
+
+def build_model(model_cfg: ModelConfig, par: ParallelConfig, device: torch.device, seed: int) -> nn.Module:
+    """The sharded, initialized, (optionally) compiled GPT on `device`. Every rank calls this with
+    the same seed. Needs the default process group (see distributed.init)."""
+    from perfkit.model import GPT
+
+    torch.manual_seed(seed)
+    if par.init_device == "cpu":
+        # Whole model initialized in host memory, identically on every rank, then sharded: the
+        # initial weights do not depend on the world size (sharded random init does, on CPU meshes).
+        model = GPT(model_cfg)  # GPT.__init__ runs init_weights() on real tensors
+        model.to(device)
+    else:
+        with torch.device("meta"):
+            model = GPT(model_cfg)
+
+    if par.compile:
+        for block in model.blocks:
+            block.compile(fullgraph=True)
+
+    policy = mp_policy(par, device)
+    n = len(model.blocks)
+    for i, block in enumerate(model.blocks):
+        # The last block's parameters are needed again first in backward: keeping them gathered
+        # saves one all-gather per step at the cost of one block's unsharded memory.
+        reshard = par.reshard_after_forward and i < n - 1
+        fully_shard(block, mp_policy=policy, reshard_after_forward=reshard)
+    fully_shard(model, mp_policy=policy, reshard_after_forward=par.reshard_after_forward)
+
+    if par.init_device == "meta":
+        model.to_empty(device=device)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            model.init_weights()
+    model.train()
+    return model
+
+
+def set_gradient_sync(model: nn.Module, sync: bool) -> None:
+    """FSDP2: skip the reduce-scatter on all but the last micro-batch of an accumulation
+    (gradients accumulate unsharded locally, then one reduce-scatter per step)."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
