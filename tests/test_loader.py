@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from perfkit.config import DataConfig
+from perfkit.data import loader as loader_mod
 from perfkit.data.loader import build_train_loader, build_val_loader, widen
 
 CPU = torch.device("cpu")
@@ -61,7 +62,10 @@ def test_batches_are_the_spec_windows_in_modalities_order(corpus):
 
 
 @pytest.mark.parametrize("width,high", [(1, 256), (2, 65536), (4, 2 ** 32)])
-def test_widening_keeps_unsigned_values(tmp_path, width, high):
+@pytest.mark.parametrize("unsigned_staging", [True, False])
+def test_widening_keeps_unsigned_values(tmp_path, monkeypatch, width, high, unsigned_staging):
+    # both staging paths: torch's unsigned dtypes, and signed bytes + mask for builds without them
+    monkeypatch.setattr(loader_mod, "_UNSIGNED_OK", {"cpu": unsigned_staging})
     tokens = [high - 1, high // 2, 0, 1, high // 2 - 1] * 10
     path = write_pbin(tmp_path / "w.pbin", tokens, width)
     loader = build_train_loader(DataConfig(train=[path], shuffle=False), seq_len=4, micro_batch_size=1,
@@ -69,7 +73,7 @@ def test_widening_keeps_unsigned_values(tmp_path, width, high):
     x, y = loader.next_batch()
     assert x.tolist() == [tokens[0:4]] and y.tolist() == [tokens[1:5]]
     loader.close()
-    assert widen(torch.tensor([[-1, -2]], dtype=torch.int16), 2)[0].tolist() == [[65535]]
+    assert widen(torch.tensor([[-1, -2]], dtype=torch.int16), 0xFFFF)[0].tolist() == [[65535]]
 
 
 def test_state_counts_handed_out_batches_not_prefetched_ones(corpus):

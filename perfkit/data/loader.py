@@ -24,18 +24,38 @@ import torch
 from perfkit.data.sampler import ResumableDistributedSampler
 from perfkit.data.windows import WindowDataset, WindowError, pbin_paths
 
-# torch has full support for signed ints only: stage uint16/uint32 bytes as int16/int32 and undo the
-# sign extension on the device with a mask after widening to int64.
-_STAGE_DTYPE = {1: (torch.uint8, None), 2: (torch.int16, 0xFFFF), 4: (torch.int32, 0xFFFFFFFF)}
+# Tokens are staged in their on-disk width and widened on the device. torch >= 2.3 copies
+# uint16/uint32 tensors ("barebones" unsigned dtypes) to int64 directly; where a build cannot, the
+# bytes are staged as int16/int32 and the sign extension is undone with a mask after widening.
+_UNSIGNED = {1: torch.uint8, 2: torch.uint16, 4: torch.uint32}
+_SIGNED = {1: (torch.uint8, None), 2: (torch.int16, 0xFFFF), 4: (torch.int32, 0xFFFFFFFF)}
+_UNSIGNED_OK: dict[str, bool] = {}
 
 
-def widen(raw: torch.Tensor, token_width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, S+1) staged tokens -> inputs, targets: contiguous int64 (B, S), on raw's device."""
-    x = raw.to(torch.int64)
-    mask = _STAGE_DTYPE[token_width][1]
+def stage_dtype(token_width: int, device: torch.device) -> tuple[torch.dtype, int | None]:
+    """(dtype to stage tokens in, mask to apply after widening or None) for this device type."""
+    if device.type not in _UNSIGNED_OK:
+        try:  # a one-time probe, not on the hot path
+            probe = torch.tensor([65535], dtype=torch.int32).to(torch.uint16).to(device)
+            _UNSIGNED_OK[device.type] = probe.to(torch.int64).cpu().tolist() == [65535]
+        except (RuntimeError, TypeError):
+            _UNSIGNED_OK[device.type] = False
+    if _UNSIGNED_OK[device.type]:
+        return _UNSIGNED[token_width], None
+    return _SIGNED[token_width]
+
+
+def widen(raw: torch.Tensor, mask: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S+1) staged tokens -> inputs, targets: contiguous int64 (B, S), on raw's device.
+
+    Each half is converted straight from the narrow tensor (one read, one write per token).
+    """
+    inputs = raw[:, :-1].to(torch.int64, memory_format=torch.contiguous_format)
+    targets = raw[:, 1:].to(torch.int64, memory_format=torch.contiguous_format)
     if mask is not None:
-        x.bitwise_and_(mask)
-    return x[:, :-1].contiguous(), x[:, 1:].contiguous()
+        inputs.bitwise_and_(mask)
+        targets.bitwise_and_(mask)
+    return inputs, targets
 
 
 def _staging_view(t: torch.Tensor, np_dtype: np.dtype) -> np.ndarray:
@@ -168,8 +188,7 @@ class _Stager:
     def __init__(self, dataset: WindowDataset, batch: int, device: torch.device, prefetch: int):
         self.dataset = dataset
         self.device = device
-        self.width = dataset.files[0].token_width
-        self.stage_dtype = _STAGE_DTYPE[self.width][0]
+        self.stage_dtype, self.mask = stage_dtype(dataset.files[0].token_width, device)
         self.shape = (batch, dataset.seq_len + 1)
         self.cuda = device.type == "cuda"
         if self.cuda:
@@ -183,7 +202,7 @@ class _Stager:
         if not self.cuda:  # the CPU is the device: a fresh buffer, since the consumer keeps it
             host = torch.empty(self.shape, dtype=self.stage_dtype)
             self.dataset.gather(idx, epoch, out=_staging_view(host, self.dataset.dtype))
-            inputs, targets = widen(host.to(self.device), self.width)
+            inputs, targets = widen(host.to(self.device), self.mask)
             return inputs, targets, None
         k = self.next_slot
         self.next_slot = (k + 1) % len(self.slots)
@@ -193,7 +212,7 @@ class _Stager:
         self.dataset.gather(idx, epoch, out=_staging_view(host, self.dataset.dtype))
         with torch.cuda.stream(self.stream):
             raw = host.to(self.device, non_blocking=True)  # (B, S+1) narrow ints
-            inputs, targets = widen(raw, self.width)       # (B, S) int64 each
+            inputs, targets = widen(raw, self.mask)        # (B, S) int64 each
             ready = torch.cuda.Event()
             ready.record(self.stream)
         self.events[k] = ready
@@ -218,19 +237,18 @@ class ValLoader:
                               f"{world_size} ranks; every rank needs at least one")
         self.indices = np.arange(rank, usable, world_size, dtype=np.int64)  # this rank's slice
         self.num_samples = len(self.indices)
-        self.width = dataset.files[0].token_width
+        self.stage_dtype, self.mask = stage_dtype(dataset.files[0].token_width, self.device)
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.micro_batch_size)
 
     def __iter__(self):
-        stage_dtype = _STAGE_DTYPE[self.width][0]
         pin = self.device.type == "cuda"
         for start in range(0, self.num_samples, self.micro_batch_size):
             idx = self.indices[start:start + self.micro_batch_size]
-            host = torch.empty((len(idx), self.dataset.seq_len + 1), dtype=stage_dtype, pin_memory=pin)
+            host = torch.empty((len(idx), self.dataset.seq_len + 1), dtype=self.stage_dtype, pin_memory=pin)
             self.dataset.gather(idx, 0, out=_staging_view(host, self.dataset.dtype))
-            yield widen(host.to(self.device, non_blocking=pin), self.width)
+            yield widen(host.to(self.device, non_blocking=pin), self.mask)
 
 
 def _resolve(device) -> torch.device:
