@@ -49,6 +49,10 @@ class GPT(nn.Module):
         """The seed's "scaled" init, in place: linears and embeddings N(0, init_std), residual
         output projections N(0, init_std / sqrt(2 * n_layer)), norms one, biases zero; RoPE
         tables recomputed. On meta tensors this is a no-op."""
+        if self.cfg.tie_embeddings and self.lm_head.weight is not self.tok_emb.weight:
+            # Module.to_empty() from meta makes one new Parameter per module, untying the head;
+            # tie again (under FSDP2 prefer set_swap_module_params_on_conversion(True), which keeps it)
+            self.lm_head.weight = self.tok_emb.weight
         std = self.cfg.init_std
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
