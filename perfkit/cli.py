@@ -40,6 +40,16 @@ def _train(argv):
     return train_main.main(argv)
 
 
+def _export(argv):
+    from perfkit.checkpoint import export_cmd
+    return export_cmd.main(argv)
+
+
+def _generate(argv):
+    from perfkit.checkpoint import generate_cmd
+    return generate_cmd.main(argv)
+
+
 def _bench(argv):
     from perfkit.bench import cli as bench_cli
     return bench_cli.main(argv)
@@ -53,6 +63,8 @@ COMMANDS = [
     ("pack", "tokenize a JSONL corpus into a Modalities-compatible .pbin", _pack),
     ("inspect", "describe and verify a .pbin file, or show the samples a rank receives", _inspect),
     ("train", "train a model from a TOML config (same as `python -m perfkit.train`)", _train),
+    ("export", "consolidate a sharded checkpoint into one model.pt (bf16 or fp32, config inside)", _export),
+    ("generate", "sample text from a checkpoint or export (greedy or top-k)", _generate),
     ("bench", "benchmark suites: train (default), kernels, loader, pack", _bench),
 ]
 

@@ -1,0 +1,30 @@
+"""`perfkit export RUN_OR_CHECKPOINT -o model.pt [--dtype bf16|fp32]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="perfkit export",
+        description="Consolidate a sharded checkpoint into one file (state dict + model config), "
+                    "loadable with torch.load(path, weights_only=True) on any device.")
+    parser.add_argument("source", help="a checkpoint folder (.../checkpoints/step_N) or a run folder "
+                                       "(its newest complete checkpoint)")
+    parser.add_argument("-o", "--output", required=True, help="the file to write, e.g. model.pt")
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
+                        help="floating-point tensors are stored in this dtype (default bf16)")
+    args = parser.parse_args(argv)
+
+    from perfkit.checkpoint.export import export_checkpoint
+    from perfkit.checkpoint.layout import CheckpointError
+
+    try:
+        out = export_checkpoint(args.source, args.output, args.dtype)
+    except (CheckpointError, OSError, ValueError) as e:
+        print(f"perfkit export: {e}", file=sys.stderr)
+        return 1
+    print(f"perfkit export: wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.dtype})")
+    return 0

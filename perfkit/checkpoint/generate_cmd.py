@@ -1,0 +1,78 @@
+"""`perfkit generate CHECKPOINT_OR_EXPORT --prompt "..." [--max-new-tokens N] [--top-k K]`.
+
+Greedy decoding by default; with --top-k K, samples from the K most likely tokens (softmax at
+--temperature). Meant for eyeballing a model, so it re-runs the whole context per token (no KV
+cache) and crops the context to the model's sequence_length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int, *, top_k: int = 0,
+             temperature: float = 1.0, vocab_limit: int | None = None, stop_id: int | None = None,
+             generator: torch.Generator | None = None) -> list[int]:
+    """Token ids after the prompt. `vocab_limit` masks the padded logits the tokenizer cannot decode."""
+    device = next(model.parameters()).device
+    context = model.cfg.sequence_length
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        logits = model(ids[:, -context:])[0, -1].float()  # (V,) logits of the next token
+        if vocab_limit is not None:
+            logits[vocab_limit:] = float("-inf")
+        if top_k and top_k > 0:
+            values, indices = torch.topk(logits / max(temperature, 1e-6), min(top_k, logits.numel()))
+            choice = torch.multinomial(torch.softmax(values, -1).cpu(), 1, generator=generator)
+            nxt = int(indices[choice.item()])
+        else:
+            nxt = int(torch.argmax(logits))
+        out.append(nxt)
+        if stop_id is not None and nxt == stop_id:
+            break
+        ids = torch.cat([ids, torch.tensor([[nxt]], device=device)], dim=1)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="perfkit generate", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="an export file (perfkit export), a checkpoint folder or a run folder")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument("--top-k", type=int, default=0, help="0: greedy (default); K > 0: top-k sampling")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (top-k only)")
+    parser.add_argument("--tokenizer", default="r50k_base", help="tiktoken encoding (GPT-2: r50k_base)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 0 or args.top_k < 0 or args.temperature <= 0:
+        parser.error("--max-new-tokens and --top-k must be >= 0, --temperature > 0")
+
+    import tiktoken
+
+    from perfkit.checkpoint.export import load_model
+    from perfkit.checkpoint.layout import CheckpointError
+
+    try:
+        model, info = load_model(args.source, args.device)
+    except (CheckpointError, OSError, ValueError) as e:
+        print(f"perfkit generate: {e}", file=sys.stderr)
+        return 1
+    enc = tiktoken.get_encoding(args.tokenizer)
+    prompt = enc.encode_ordinary(args.prompt)
+    if not prompt:
+        parser.error("--prompt encodes to no tokens")
+    eot = enc.eot_token if enc.eot_token < enc.n_vocab else None
+    gen = torch.Generator().manual_seed(args.seed)
+    new = generate(model, prompt, args.max_new_tokens, top_k=args.top_k, temperature=args.temperature,
+                   vocab_limit=enc.n_vocab, stop_id=eot, generator=gen)
+    text = enc.decode([t for t in new if t != eot])
+    print(f"[step {info['step']}, {'greedy' if not args.top_k else f'top-{args.top_k}'}]", file=sys.stderr)
+    print(args.prompt + text)
+    return 0
