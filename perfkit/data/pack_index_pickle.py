@@ -188,6 +188,15 @@ def _deframe(raw: bytes) -> bytes | None:
 
 _OP_LEN = np.zeros(256, dtype=np.int64)  # bytes an int opcode occupies (LONG1: plus its n)
 _OP_LEN[_K], _OP_LEN[_M], _OP_LEN[_J], _OP_LEN[_LONG1] = 2, 3, 5, 2
+_OP_MASK = np.zeros(256, dtype=np.uint32)  # payload mask of the fixed-width int opcodes
+_OP_MASK[_K], _OP_MASK[_M], _OP_MASK[_J] = 0xFF, 0xFFFF, 0xFFFFFFFF
+_PAD = 1024                                 # > the longest tuple (2 LONG1 of 255 bytes + 2)
+
+
+def _sliding(b: np.ndarray, dtype: str) -> np.ndarray:
+    """An unaligned view where element p is the little-endian `dtype` value at byte p of b."""
+    width = np.dtype(dtype).itemsize
+    return np.ndarray(shape=(b.shape[0] - width + 1,), dtype=dtype, buffer=b, strides=(1,))
 
 
 def _parse_canonical(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
@@ -203,34 +212,41 @@ def _parse_canonical(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     if body[-2] != (_APPENDS if batched else _APPEND):
         return None
     lo, hi = (3 if batched else 2), n - 2          # the items live in body[lo:hi]
-    b = np.zeros(n + 1024, dtype=np.uint8)         # zero padding: lookups past the end read 0
+    b = np.zeros(n + _PAD, dtype=np.uint8)         # zero padding: lookups past the end read 0
     b[:n] = np.frombuffer(body, dtype=np.uint8)
+    del body
+    u16 = _sliding(b, "<u2")
 
     # Candidate tuple starts: lo, and right after every TUPLE2 MEMOIZE byte pair (skipping an
     # 'e(' batch break). A pair inside an int payload gives a false candidate; the walk below
     # steps over those, so the parse is exactly the deterministic left-to-right one.
-    q = np.flatnonzero(b[lo:hi - 1] == _TUPLE2) + lo
-    pair_end = q[b[q + 1] == _MEMOIZE] + 2
-    pair_end = pair_end[pair_end < hi]
-    brk = (b[pair_end] == _APPENDS) & (b[pair_end + 1] == _MARK) if batched else np.zeros(len(pair_end), bool)
-    starts = np.concatenate([[lo], pair_end + 2 * brk]).astype(np.int64)
+    pair_end = np.flatnonzero(u16[lo:hi - 1] == _TUPLE2 | _MEMOIZE << 8) + (lo + 2)
+    batch_break = _APPENDS | _MARK << 8
+    starts = np.empty(pair_end.shape[0] + 1, dtype=np.int64)
+    starts[0] = lo
+    starts[1:] = pair_end + 2 * (u16[pair_end] == batch_break) if batched else pair_end
+    if batched:  # a pair ending exactly at hi closes the list, so it starts nothing
+        starts = starts[starts < hi] if starts[-1] >= hi else starts
 
-    def int_len(p):
-        return _OP_LEN[b[p]] + np.where(b[p] == _LONG1, b[p + 1], 0)
+    def int_len(p):  # (k,) byte lengths of the int opcodes at p (0: not an int opcode)
+        op_n = u16[p]
+        return _OP_LEN[op_n & 0xFF] + np.where((op_n & 0xFF) == _LONG1, op_n >> 8, 0)
 
     len_a = int_len(starts)
-    p2 = starts + len_a
-    len_b = int_len(p2)
-    t = p2 + len_b
+    t = starts + len_a
+    t += int_len(t)
     end = t + 2
-    valid = (len_a > 0) & (len_b > 0) & (b[t] == _TUPLE2) & (b[t + 1] == _MEMOIZE) & (end <= hi)
+    valid = (len_a > 0) & (t > starts + len_a) & (u16[t] == _TUPLE2 | _MEMOIZE << 8) & (end <= hi)
     terminal = valid & (end == hi)
-    nxt = end + 2 * (batched & (b[end] == _APPENDS) & (b[end + 1] == _MARK))
-    j = np.minimum(np.searchsorted(starts, nxt), len(starts) - 1)
-    linked = valid & ~terminal & (starts[j] == nxt)
-    good = linked & (j == np.arange(len(starts)) + 1)
-
+    nxt = end + 2 * (u16[end] == batch_break) if batched else end
+    del end, t
+    # The common case needs no search: the next start is simply the next candidate.
+    good = valid & ~terminal
+    good[:-1] &= nxt[:-1] == starts[1:]
+    good[-1] = False
     bad = np.flatnonzero(~good)
+    del good
+
     runs, c = [], 0
     while True:  # one iteration per false candidate (rare), not per document
         k = int(np.searchsorted(bad, c))
@@ -240,40 +256,39 @@ def _parse_canonical(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
         runs.append(np.arange(c, cb + 1))
         if terminal[cb]:
             break
-        if not linked[cb]:
+        j = int(np.searchsorted(starts, nxt[cb]))
+        if not valid[cb] or j == starts.shape[0] or starts[j] != nxt[cb]:
             return None
-        c = int(j[cb])
-    chain = starts[np.concatenate(runs)]
-    if not batched and len(chain) != 1:
+        c = j
+    on_chain = runs[0] if len(runs) == 1 else np.concatenate(runs)
+    if not batched and on_chain.shape[0] != 1:
         return None
-    return _decode_ints(b, chain), _decode_ints(b, chain + len_a[np.concatenate(runs)])
+    chain = starts[on_chain]
+    return _decode_ints(b, chain), _decode_ints(b, chain + len_a[on_chain])
 
 
 def _decode_ints(b: np.ndarray, at: np.ndarray) -> np.ndarray:
     """Values of the int opcodes at positions `at` (non-negative, < 2**62, else an error)."""
     op = b[at]
-    out = np.zeros(at.shape[0], dtype=np.int64)
-    for code, nbytes in ((_K, 1), (_M, 2), (_J, 4)):
-        sel = np.flatnonzero(op == code)
-        if sel.size:
-            p = at[sel] + 1
-            out[sel] = sum(b[p + i].astype(np.int64) << (8 * i) for i in range(nbytes))
-            if code == _J and (out[sel] >= 1 << 31).any():
-                raise IndexPickleError("negative offset or length in the index")
+    out = (_sliding(b, "<u4")[at + 1] & _OP_MASK[op]).astype(np.int64)  # K, M, J in one gather
+    if (out[op == _J] >= 1 << 31).any():
+        raise IndexPickleError("negative offset or length in the index")
     sel = np.flatnonzero(op == _LONG1)
     if sel.size:
-        lens = b[at[sel] + 1].astype(np.int64)
-        if lens.max() > 8:
+        nbytes = b[at[sel] + 1].astype(np.int64)
+        if nbytes.max() > 8:
             raise IndexPickleError("index value too large for a file offset")
-        for nb in np.unique(lens):
-            s = sel[lens == nb]
-            p = at[s] + 2
-            v = sum(b[p + i].astype(np.uint64) << np.uint64(8 * i) for i in range(int(nb)))
-            if nb and (b[p + nb - 1] & 0x80).any():
-                raise IndexPickleError("negative offset or length in the index")
-            if (np.asarray(v, dtype=np.uint64) >= MAX_VALUE).any():
-                raise IndexPickleError("index value too large for a file offset")
-            out[s] = np.asarray(v, dtype=np.uint64).astype(np.int64)
+        p = at[sel] + 2
+        v = _sliding(b, "<u8")[p]
+        keep = np.where(nbytes == 8, np.uint64(0xFFFFFFFFFFFFFFFF),
+                        (np.uint64(1) << (8 * nbytes).astype(np.uint64)) - np.uint64(1))
+        v &= keep
+        sign = (b[p + np.maximum(nbytes - 1, 0)] & 0x80) & (nbytes > 0)
+        if sign.any():
+            raise IndexPickleError("negative offset or length in the index")
+        if (v >= np.uint64(MAX_VALUE)).any():
+            raise IndexPickleError("index value too large for a file offset")
+        out[sel] = v.astype(np.int64)
     return out
 
 
