@@ -198,3 +198,30 @@ def test_val_loader_is_sequential_disjoint_and_finite(tmp_path):
         assert per_rank[rank] == all_windows[:96][rank::W]
     assert build_val_loader(DataConfig(train=[v1]), seq_len=S, micro_batch_size=B, rank=0,
                             world_size=1, device=CPU) is None
+
+
+def test_an_unclosed_loader_is_collected_and_stops_its_thread(corpus):
+    import gc
+    _, path = corpus
+    ld = build_train_loader(DataConfig(train=[path]), seq_len=16, micro_batch_size=2, rank=0,
+                            world_size=1, device=CPU)
+    ld.next_batch()
+    thread = ld._thread
+    assert thread.is_alive()
+    del ld
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+def test_producer_errors_reach_the_training_thread(corpus, monkeypatch):
+    _, path = corpus
+    ld = build_train_loader(DataConfig(train=[path]), seq_len=16, micro_batch_size=2, rank=0,
+                            world_size=1, device=CPU)
+
+    def broken(*a, **k):
+        raise OSError("disk gone")
+    monkeypatch.setattr(ld.dataset, "gather", broken)
+    with pytest.raises(OSError, match="disk gone"):
+        ld.next_batch()
+    assert ld._thread is None and ld.state_dict()["consumed_total"] == 0

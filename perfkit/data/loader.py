@@ -134,8 +134,10 @@ class TrainLoader:
     def _start(self) -> None:
         self._queue = queue.Queue(maxsize=self.prefetch)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="perfkit-prefetch", daemon=True,
-                                        args=(self._epoch, self._consumed, self._queue, self._stop))
+        self._thread = threading.Thread(
+            target=_produce, name="perfkit-prefetch", daemon=True,
+            args=(self.sampler, self.dataset, self.device, self.prefetch, self._epoch, self._consumed,
+                  self._queue, self._stop))
         self._thread.start()
 
     def close(self) -> None:
@@ -157,25 +159,35 @@ class TrainLoader:
         except Exception:
             pass
 
-    def _produce(self, epoch: int, consumed: int, out: queue.Queue, stop: threading.Event) -> None:
-        try:
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)  # the current device is per thread
-            stager = _Stager(self.dataset, self.micro_batch_size, self.device, self.prefetch)
+def _produce(sampler: ResumableDistributedSampler, dataset: WindowDataset, device: torch.device,
+             prefetch: int, epoch: int, consumed: int, out: queue.Queue, stop: threading.Event) -> None:
+    """The prefetch thread: stage batches from (epoch, consumed) on, until `stop` is set.
+
+    A module-level function (not a method) so the thread holds no reference to the TrainLoader,
+    which can then be garbage-collected and close itself.
+    """
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # the current device is per thread
+        stager = _Stager(dataset, sampler.micro_batch_size, device, prefetch)
+        while not stop.is_set():
+            idx = sampler.batch(epoch, consumed)  # (B,) global sample indices
+            inputs, targets, ready = stager.stage(idx, epoch)
+            item = (epoch, consumed, inputs, targets, ready)
             while not stop.is_set():
-                idx = self.sampler.batch(epoch, consumed)  # (B,)
-                inputs, targets, ready = stager.stage(idx, epoch)
-                item = (epoch, consumed, inputs, targets, ready)
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                epoch, consumed = self.sampler.advance(epoch, consumed)
-        except BaseException as e:  # hand the error to the training thread
-            if not stop.is_set():
-                out.put(e)
+                try:
+                    out.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            epoch, consumed = sampler.advance(epoch, consumed)
+    except BaseException as e:  # hand the error to the training thread
+        while not stop.is_set():
+            try:
+                out.put(e, timeout=0.1)
+                break
+            except queue.Full:
+                continue
 
 
 class _Stager:

@@ -70,6 +70,7 @@ class TokenFile:
         self._file_size = os.path.getsize(self.path)
         self._tokens = pbin.tokens
         self._pid = os.getpid()
+        self._views: dict[tuple[int, bool], np.ndarray] = {}  # strided window views of _tokens
 
     @property
     def tokens(self) -> np.ndarray:
@@ -86,19 +87,26 @@ class TokenFile:
         self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r",
                                  offset=PBIN_HEADER_BYTES, shape=(self.num_tokens,))
         self._pid = os.getpid()
+        self._views = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_tokens"] = None  # the child maps the file itself
+        state["_views"] = {}
         return state
 
     def windows(self, seq_len: int, reuse_last_target: bool) -> np.ndarray:
         """(N, S+1) zero-copy strided view: row i is sample i of this file."""
-        n = num_windows(self.num_tokens, seq_len, reuse_last_target)
-        tok = self.tokens
-        step = window_stride(seq_len, reuse_last_target) * tok.itemsize
-        return np.lib.stride_tricks.as_strided(tok, shape=(n, seq_len + 1),
-                                               strides=(step, tok.itemsize), writeable=False)
+        tok = self.tokens  # first: a reopen after fork clears the cached views
+        key = (seq_len, reuse_last_target)
+        view = self._views.get(key)
+        if view is None:
+            n = num_windows(self.num_tokens, seq_len, reuse_last_target)
+            step = window_stride(seq_len, reuse_last_target) * tok.itemsize
+            view = np.lib.stride_tricks.as_strided(tok, shape=(n, seq_len + 1),
+                                                   strides=(step, tok.itemsize), writeable=False)
+            self._views[key] = view
+        return view
 
 
 class WindowDataset:
