@@ -300,6 +300,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    sched = raw.get("scheduler")
+    if isinstance(sched, dict) and "kind" not in sched:
+        raw = {**raw, "scheduler": {"kind": "cosine", **sched}}  # the default schedule's keys
     try:
         _check_keys(raw, Config, "$")
     except ConfigError as e:
@@ -313,17 +316,19 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`--training.max_steps=10` -> (["training", "max_steps"], 10). The value is a TOML literal
     (10, 1e-4, true, "text", ["a", "b"]); text that is not a valid literal is taken as a string,
-    so `--run.root=/scratch/runs` needs no quotes."""
+    so `--run.root=/scratch/runs` needs no quotes. `--section={...}` replaces a whole section
+    (e.g. to switch $.scheduler.kind, whose keys differ per kind)."""
     if not item.startswith("--") or "=" not in item:
         raise ConfigError(f"override {item!r} must look like --section.key=value")
     key, text = item[2:].split("=", 1)
     keys = key.split(".")
-    if len(keys) < 2 or not all(keys):
-        raise ConfigError(f"override {item!r}: the key must be dotted, like --training.max_steps=10")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
+    # A whole section may be replaced by an inline table: --scheduler='{kind = "constant"}'
+    if not all(keys) or (len(keys) < 2 and not isinstance(value, dict)):
+        raise ConfigError(f"override {item!r}: the key must be dotted, like --training.max_steps=10")
     return keys, value
 
 

@@ -54,7 +54,7 @@ def host_peak_rss_gib() -> float:
 # Console line layout: (key, label, format). A None value prints "n/a".
 _CONSOLE = (
     ("loss", "loss", "{:.4f}"), ("lr", "lr", "{:.2e}"), ("grad_norm", "gnorm", "{:.3f}"),
-    ("tokens_per_s_per_gpu", "tok/s/gpu", "{:,.0f}"), ("tflops_per_gpu", "TFLOP/s", "{:.1f}"),
+    ("tokens_per_s_per_gpu", "tok/s/gpu", "{:,.0f}"), ("tflops_per_gpu", "TFLOP/s", "{:.3g}"),
     ("mfu", "MFU", "{:.1%}"), ("peak_mem_gib", "mem GiB", "{:.2f}"),
     ("data_wait_frac", "data wait", "{:.1%}"), ("tokens_seen", "tokens", "{:,}"),
 )
