@@ -36,8 +36,11 @@ def stage_dtype(token_width: int, device: torch.device) -> tuple[torch.dtype, in
     """(dtype to stage tokens in, mask to apply after widening or None) for this device type."""
     if device.type not in _UNSIGNED_OK:
         try:  # a one-time probe, not on the hot path
-            probe = torch.tensor([65535], dtype=torch.int32).to(torch.uint16).to(device)
-            _UNSIGNED_OK[device.type] = probe.to(torch.int64).cpu().tolist() == [65535]
+            ok = True
+            for dtype, top in ((torch.uint16, 2 ** 16 - 1), (torch.uint32, 2 ** 32 - 1)):
+                probe = torch.tensor([top], dtype=torch.int64).to(dtype).to(device)
+                ok = ok and probe[:1].to(torch.int64).cpu().tolist() == [top]
+            _UNSIGNED_OK[device.type] = ok
         except (RuntimeError, TypeError):
             _UNSIGNED_OK[device.type] = False
     if _UNSIGNED_OK[device.type]:
