@@ -225,3 +225,16 @@ def test_producer_errors_reach_the_training_thread(corpus, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         ld.next_batch()
     assert ld._thread is None and ld.state_dict()["consumed_total"] == 0
+
+
+def test_non_overlapping_windows_through_the_config(tmp_path):
+    tokens = list(range(1, 301))
+    path = write_pbin(tmp_path / "n.pbin", tokens)
+    S = 9  # blocks of 10 tokens at 0, 10, 20, ...: 30 samples, no shared token
+    ld = build_train_loader(DataConfig(train=[path], reuse_last_target=False, shuffle=False),
+                            seq_len=S, micro_batch_size=3, rank=0, world_size=1, device=CPU)
+    assert ld.num_samples == 30
+    x, y = ld.next_batch()
+    assert x.tolist() == [tokens[i * 10:i * 10 + 9] for i in range(3)]
+    assert y.tolist() == [tokens[i * 10 + 1:i * 10 + 10] for i in range(3)]
+    ld.close()
