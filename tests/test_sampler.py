@@ -134,3 +134,14 @@ def test_vectorized_batch_is_cheap_for_large_datasets():
                                     shuffle=False)
     assert s.batch(0, 800).tolist() == [803, 811, 819, 827]
     assert np.asarray(s.batch(0, 0)).dtype == np.int64
+
+
+def test_batch_at_any_skip_equals_the_reference_first_batch():
+    # skips that are no multiple of W (a resume after the global batch size changed)
+    N, W, B = 61, 4, 3
+    for rank in range(W):
+        s = ResumableDistributedSampler(N, rank=rank, world_size=W, micro_batch_size=B, seed=11)
+        for skip in range(0, N - W * B + 1):
+            ref = reference_batches(N, 11, 1, skip, rank, W, B)
+            assert s.batch(1, skip).tolist() == ref[0], (rank, skip)
+            assert s.batches_left(skip) == len(ref)
