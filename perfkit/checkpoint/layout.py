@@ -34,7 +34,7 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 _FORMAT = "perfkit-checkpoint-v1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, corrupt, or does not match the run that loads it."""
 
 

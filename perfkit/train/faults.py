@@ -64,7 +64,7 @@ class NonFiniteGuard:
         self._first_bad = torch.where((bad > 0) & (self._first_bad < 0), here, self._first_bad)
         if optimizer is not None and _fused(optimizer):
             # the GradScaler hook of fused Adam/AdamW: a nonzero found_inf skips the whole update
-            optimizer.found_inf = bad.to(torch.float32).reshape(1)
+            optimizer.found_inf = bad.to(torch.float32)  # shape (), like GradScaler's
             optimizer.grad_scale = None
             return True
         if self.policy == "skip":

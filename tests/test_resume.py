@@ -1,0 +1,165 @@
+"""Exact resume through the real trainer (configs/cpu_debug.toml, shrunk): N steps straight versus
+N/2 steps, a fresh process that resumes, and N/2 more give bit-identical per-step losses, on one
+and on two ranks.
+
+The lower half of this file is a driver that runs `perfkit.train` in-process, optionally with a
+fault injected (a NaN loss at step K, or a SIGKILL at a chosen moment of the save of step K);
+test_preemption.py uses it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parent.parent
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def pbin(tmp_path_factory) -> Path:
+    import numpy as np
+
+    from perfkit.data.pbin import write_pbin
+    path = tmp_path_factory.mktemp("data") / "train.pbin"
+    tokens = np.random.default_rng(0).integers(0, 500, 40_000)
+    write_pbin(path, tokens, np.array([20_000, 20_000]), 2)
+    return path
+
+
+def trainer_args(root: Path, exp: str, pbin: Path, *extra: str) -> list[str]:
+    return [str(REPO / "configs" / "cpu_debug.toml"), f"--run.root={root}", f"--run.experiment_id={exp}",
+            f'--data.train=["{pbin}"]', "--data.val=[]", "--model.vocab_size=512",
+            f"--training.max_steps={STEPS}", "--training.eval_every=0", "--metrics.log_every=1",
+            "--checkpoint.keep_last=10", *extra]
+
+
+def run_trainer(args: list[str], nproc: int = 1, inject: tuple[str, ...] = (),
+                expect: int | None = 0) -> subprocess.CompletedProcess:
+    """Run the driver below on `nproc` ranks; returns the completed process (checks its code)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                    "--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [*launcher, str(HERE), *inject, "::", *args]  # torchrun eats a "--"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    if expect is not None and r.returncode != expect:
+        raise AssertionError(f"exit {r.returncode} (expected {expect}) from {cmd}\n"
+                             f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
+def logged(run_dir: Path, key: str = "loss") -> dict[int, float]:
+    """step -> value from metrics.jsonl; a step logged twice (re-run after a resume) keeps the last."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("kind") == "train":
+            out[rec["step"]] = rec[key]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_half_resume_half_is_bit_identical(tmp_path, pbin, nproc):
+    half = STEPS // 2
+    run_trainer(trainer_args(tmp_path, "straight", pbin, f"--checkpoint.every_steps={half}"), nproc)
+    straight = logged(tmp_path / "straight")
+    assert sorted(straight) == list(range(1, STEPS + 1))
+    # a fresh process resumes from the half-way checkpoint of that run, in its own folder
+    ckpt = tmp_path / "straight" / "checkpoints" / f"step_{half:08d}"
+    run_trainer(trainer_args(tmp_path, "resumed", pbin, f"--checkpoint.resume={ckpt}"), nproc)
+    resumed = logged(tmp_path / "resumed")
+    assert sorted(resumed) == list(range(half + 1, STEPS + 1))
+    for key in ("loss", "grad_norm", "lr", "tokens_seen"):
+        want = {s: v for s, v in logged(tmp_path / "straight", key).items() if s > half}
+        assert logged(tmp_path / "resumed", key) == want, key  # exact equality, not approx
+
+
+@pytest.mark.slow
+def test_resume_on_other_rank_count_continues_data_order(tmp_path, pbin):
+    """2 ranks -> 1 rank with the same global batch: weights reshard, the sample order continues."""
+    run_trainer(trainer_args(tmp_path, "two", pbin, "--checkpoint.every_steps=4",
+                             "--training.micro_batch_size=4"), nproc=2)
+    ckpt = tmp_path / "two" / "checkpoints" / "step_00000004"
+    run_trainer(trainer_args(tmp_path, "one", pbin, f"--checkpoint.resume={ckpt}",
+                             "--training.micro_batch_size=4", "--training.grad_accum_steps=2"), nproc=1)
+    two, one = logged(tmp_path / "two"), logged(tmp_path / "one")
+    assert sorted(one) == [5, 6, 7, 8]
+    # same samples and weights, different reduction order: equal to float tolerance, not bitwise
+    for s in one:
+        assert one[s] == pytest.approx(two[s], rel=1e-4), s
+    assert logged(tmp_path / "one", "tokens_seen") == {s: v for s, v in logged(tmp_path / "two", "tokens_seen").items() if s > 4}
+
+
+# ---------------------------------------------------------------- driver (run as a script)
+
+def _driver(argv: list[str]) -> int:
+    """`test_resume.py [--nan-at K] [--kill-at K:WHERE] :: TRAINER ARGS`.
+
+    --nan-at K: the loss of optimizer step K (every rank) becomes NaN.
+    --kill-at K:WHERE: SIGKILL this process while saving step K, WHERE in
+        shards (after DCP wrote the shards, while checksumming), manifest (manifest written, no
+        marker), marker (marker written, folder not yet renamed).
+    """
+    import signal
+
+    split = argv.index("::")
+    opts, train_argv = argv[:split], argv[split + 1:]
+    nan_at = kill_at = None
+    for i, o in enumerate(opts):
+        if o == "--nan-at":
+            nan_at = int(opts[i + 1])
+        if o == "--kill-at":
+            step, where = opts[i + 1].split(":")
+            kill_at = (int(step), where)
+
+    if nan_at is not None:
+        import perfkit.model as model_pkg
+        real_loss, calls = model_pkg.cross_entropy_loss, [0]
+
+        def loss_fn(logits, targets):  # one call per micro-batch; eval is off in these tests
+            calls[0] += 1
+            loss = real_loss(logits, targets)
+            return loss * float("nan") if calls[0] == nan_at else loss
+        model_pkg.cross_entropy_loss = loss_fn
+
+    if kill_at is not None:
+        from perfkit.checkpoint import checkpointer, layout
+        step, where = kill_at
+
+        def die():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def wrap(module, name, when):
+            real = getattr(module, name)
+
+            def patched(*a, **k):
+                if when(*a):
+                    die()
+                out = real(*a, **k)
+                return out
+            setattr(module, name, patched)
+
+        tag = f"step_{step:08d}"
+        if where == "shards":
+            wrap(layout, "file_crc32", lambda p, *r: tag in str(p))
+        elif where == "manifest":
+            wrap(layout, "_write_synced", lambda p, *r: tag in str(p) and p.name == layout.MARKER)
+        elif where == "marker":
+            wrap(layout, "_fsync_dir", lambda p, *r: p.name == tag + layout.PARTIAL_SUFFIX)
+        else:
+            raise SystemExit(f"unknown kill point {where}")
+        assert checkpointer.layout is layout
+
+    from perfkit.train.main import main
+    return main(train_argv)
+
+
+if __name__ == "__main__":
+    sys.exit(_driver(sys.argv[1:]))
