@@ -1,0 +1,58 @@
+"""Two-process (gloo) FSDP2 runs under torchrun, launched from the test with a timeout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_train import CPU_DEBUG, records, run_main
+from test_train_data import make_dataset, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", "-m", "perfkit.train", CPU_DEBUG, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path):
+    """FSDP over 2 ranks x 8 samples gives the losses of 1 rank x 16 samples: the sampler hands the
+    two ranks the interleaved halves of the same 16 samples, and init_device = "cpu" makes the
+    initial weights independent of the world size."""
+    steps = {"training.max_steps": 30, "metrics.log_every": 5, "training.eval_every": 15}
+    train, val = make_dataset(tmp_path / "data")
+    proc = torchrun(tiny_overrides(tmp_path, train, val, **steps) + ["--run.experiment_id=two"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 rank(s) on cpu" in proc.stdout
+    two = records(tmp_path / "runs" / "two")
+    losses = [r["loss"] for r in two]
+    assert losses[0] > losses[-1] + 1.0, losses  # the loss falls
+
+    rc, one_dir = run_main(tmp_path, "one", **steps, **{"training.micro_batch_size": 16})
+    assert rc == 0
+    one = records(one_dir)
+    assert [r["step"] for r in one] == [r["step"] for r in two]
+    assert losses == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=1e-3)
+    assert [r["tokens_seen"] for r in two] == [r["tokens_seen"] for r in one]
+    v2, v1 = records(tmp_path / "runs" / "two", "val"), records(one_dir, "val")
+    assert [r["val_loss"] for r in v2] == pytest.approx([r["val_loss"] for r in v1], rel=1e-4)
+
+
+def test_bad_input_stops_every_rank_without_hanging(tmp_path):
+    train, val = make_dataset(tmp_path / "data", train_docs=8, val_docs=2)
+    base = tiny_overrides(tmp_path, train, val)
+    proc = torchrun(base + ["--training.max_step=3"], timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("did you mean `max_steps`") == 2  # both ranks say why
+    proc = torchrun(base + ["--training.global_batch_size=9", "--training.micro_batch_size=2"], timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("global_batch_size (9) is not divisible") == 2
+    assert not (tmp_path / "runs").exists()
