@@ -82,7 +82,7 @@ def test_rms_norm_matches_float64(device, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(1, 1), (4, 3, 96), (13, 1000)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (4, 3, 96), (13, 1000), (2, 17000)], ids=str)
 def test_rms_norm_residual_matches_float64(device, shape, dtype):
     gen = torch.Generator().manual_seed(7 + shape[-1])
     x, res = _leaf(_rand(shape, dtype, device, gen)), _leaf(_rand(shape, dtype, device, gen))
