@@ -1,0 +1,285 @@
+"""The parallel pack pipeline: plan chunks, drive the workers, assign offsets in order, finish the file.
+
+Flow per chunk (see pack_worker.py for the wire protocol):
+    main: ("lines", cid, start, end) -> worker reads + tokenizes, keeps the tokens
+    worker: ("counted", cid, sizes)  -> main, in chunk order, gives it the next data offset
+    main: ("write", cid, offset)     -> worker pwrite()s into the temporary .pbin
+Memory is bounded by MAX_OUTSTANDING chunks per worker (assigned and not yet written), whatever
+the corpus size; the main process keeps only per-document token counts (8 bytes per document)
+for the index it writes at the end. The temporary file is fsynced and renamed only when complete;
+any failure, Ctrl-C or SIGTERM stops the workers and removes it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import numpy as np
+
+from perfkit.data.jsonl import BadLineError
+from perfkit.data.pack_worker import ChunkResult, PackJob, pwrite_all, worker_main
+from perfkit.data.pbin import HEADER_SIZE, encode_header, iter_index_pickle
+
+MAX_OUTSTANDING = 3          # chunks per worker: one being tokenized, one queued, one awaiting its offset
+PROGRESS_EVERY_S = 0.5
+
+
+class PackAborted(Exception):
+    """Stopped by a signal; carries the exit code (130 Ctrl-C, 143 SIGTERM)."""
+
+    def __init__(self, code: int, why: str):
+        super().__init__(why)
+        self.code = code
+
+
+class PackFailed(Exception):
+    """A worker failed or died, or a bad line under --on-bad-line error."""
+
+
+@dataclass
+class PackStats:
+    documents: int = 0
+    tokens: int = 0
+    lines: int = 0
+    bytes_in: int = 0
+    seconds: float = 0.0
+    skipped: dict[str, int] = field(default_factory=dict)
+    tokenizer_label: str = ""
+    token_width: int = 0
+    eod_id: int = -1
+
+
+def plan_byte_chunks(size: int, chunk_bytes: int) -> list[tuple[str, int, int]]:
+    return [("lines", s, min(s + chunk_bytes, size)) for s in range(0, size, chunk_bytes)]
+
+
+def plan_index_chunks(offsets: np.ndarray, lengths: np.ndarray, chunk_bytes: int) -> list[tuple]:
+    """Consecutive raw-index entries grouped to about chunk_bytes of JSONL each."""
+    if offsets.size == 0:
+        return []
+    covered = np.cumsum(lengths + 1)  # JSONL bytes up to and including each entry
+    targets = np.arange(chunk_bytes, int(covered[-1]) + chunk_bytes, chunk_bytes)
+    cuts = np.minimum(np.searchsorted(covered, targets) + 1, offsets.size)
+    bounds = np.unique(np.concatenate([[0], cuts, [offsets.size]]))
+    return [("entries", offsets[a:b], lengths[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+class _Progress:
+    def __init__(self, total_bytes: int, enabled: bool):
+        self.total, self.enabled = total_bytes, enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, st: PackStats, force: bool = False) -> None:
+        now = time.monotonic()
+        every = PROGRESS_EVERY_S if self.tty else 10.0
+        if not self.enabled or (not force and now - self.last < every):
+            return
+        self.last = now
+        dt = max(now - self.t0, 1e-9)
+        rate = st.bytes_in / dt
+        eta = (self.total - st.bytes_in) / rate if rate > 0 else float("nan")
+        msg = (f"pack: {st.documents:,} docs  {st.bytes_in / 1e6:,.1f}/{self.total / 1e6:,.1f} MB  "
+               f"{rate / 1e6:,.1f} MB/s  {st.tokens / dt / 1e6:,.2f}M tok/s  ETA {eta:,.0f}s")
+        print(("\r" + msg) if self.tty else msg, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.tty:
+            print(file=sys.stderr, flush=True)
+
+
+def _mp_context():
+    # fork shares the already-built tokenizer with the workers (no per-worker load); elsewhere spawn.
+    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def run_pack(job: PackJob, tasks: list[tuple], dst: Path, tokenizer, workers: int, *,
+             src_label: str, index_mode: bool, progress: bool = True) -> PackStats:
+    """Tokenize `tasks` with `workers` processes into job.tmp_dst, then rename it to dst."""
+    stats = PackStats()
+    t0 = time.monotonic()
+    ctx = _mp_context()
+    workers = max(1, min(workers, len(tasks) or 1))
+    procs, conns = [], []
+    prev_term = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        raise PackAborted(143, "terminated (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    meter = _Progress(sum(_task_bytes(t) for t in tasks), progress)
+    try:
+        for _ in range(workers):
+            parent, child = ctx.Pipe(duplex=True)
+            inherited = tokenizer if ctx.get_start_method() == "fork" else None
+            p = ctx.Process(target=worker_main, args=(child, job, inherited), daemon=True,
+                            name="perfkit-pack-worker")
+            p.start()
+            child.close()
+            procs.append(p)
+            conns.append(parent)
+        doc_tokens = _drive(job, tasks, procs, conns, stats, meter, src_label, index_mode)
+        for c in conns:
+            c.send(("stop",))
+        for p in procs:
+            p.join(timeout=30)
+        _finish_file(job, doc_tokens, stats)
+        os.replace(job.tmp_dst, dst)
+        _fsync_dir(dst.parent)
+        stats.seconds = time.monotonic() - t0
+        if meter.tty:
+            meter.update(stats, force=True)
+        meter.done()
+        return stats
+    except KeyboardInterrupt:
+        raise PackAborted(130, "interrupted (Ctrl-C)") from None
+    finally:
+        signal.signal(signal.SIGTERM, prev_term)
+        _stop_workers(procs)
+        for c in conns:
+            c.close()
+        Path(job.tmp_dst).unlink(missing_ok=True)
+
+
+def _task_bytes(task: tuple) -> int:
+    return task[2] - task[1] if task[0] == "lines" else int(task[2].sum())
+
+
+def _drive(job: PackJob, tasks, procs, conns, stats: PackStats, meter: _Progress, src_label: str,
+           index_mode: bool) -> list[np.ndarray]:
+    """The main loop: dispatch, collect counts in order, hand out offsets. Returns the per-chunk
+    (num_docs,) token counts in input order."""
+    n_workers = len(procs)
+    owner: dict[int, int] = {}                 # chunk id -> worker index
+    outstanding = [set() for _ in range(n_workers)]
+    counted: dict[int, ChunkResult] = {}       # arrived out of order, waiting for their turn
+    doc_tokens: list[np.ndarray] = []
+    next_task = next_in_order = written = 0
+    data_offset = 0
+    examples = 0
+    stop_on_bad = job.stop_at_first_bad
+    sentinel_of = {p.sentinel: i for i, p in enumerate(procs)}
+    conn_of = {id(c): i for i, c in enumerate(conns)}
+
+    while written < len(tasks):
+        for w in range(n_workers):  # keep every worker busy, within its memory bound
+            while next_task < len(tasks) and len(outstanding[w]) < MAX_OUTSTANDING:
+                kind, a, b = tasks[next_task]
+                conns[w].send((kind, next_task, a, b))
+                owner[next_task] = w
+                outstanding[w].add(next_task)
+                next_task += 1
+        ready = wait(conns + list(sentinel_of), timeout=PROGRESS_EVERY_S)
+        for obj in ready:
+            if obj in sentinel_of:
+                p = procs[sentinel_of[obj]]
+                p.join(timeout=1)
+                raise PackFailed(f"pack worker {p.pid} died ({_describe_exit(p.exitcode)}); "
+                                 "nothing was written")
+            w = conn_of[id(obj)]
+            try:
+                msg = obj.recv()
+            except (EOFError, OSError):
+                p = procs[w]
+                p.join(timeout=1)
+                raise PackFailed(f"pack worker {p.pid} died ({_describe_exit(p.exitcode)}); "
+                                 "nothing was written") from None
+            if msg[0] == "failed":
+                raise PackFailed(f"{src_label}: pack worker failed on chunk {msg[1]}: {msg[2]}")
+            if msg[0] == "written":
+                outstanding[w].discard(msg[1])
+                written += 1
+                continue
+            counted[msg[1]] = msg[2]
+            while next_in_order in counted:  # offsets are handed out strictly in input order
+                res = counted.pop(next_in_order)
+                for line_idx, reason in res.bad:
+                    where = _where(src_label, index_mode, stats.lines + line_idx, tasks[next_in_order], line_idx)
+                    if stop_on_bad:
+                        raise BadLineError(f"{where}: {reason}")
+                    stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+                    if examples < 10:
+                        print(f"warning: {where}: {reason} (skipped)", file=sys.stderr)
+                        examples += 1
+                n_tok = int(res.doc_tokens.sum())
+                conns[owner[next_in_order]].send(("write", next_in_order, data_offset))
+                data_offset += n_tok * job.token_width
+                doc_tokens.append(res.doc_tokens)
+                stats.documents += int(res.doc_tokens.shape[0])
+                stats.tokens += n_tok
+                stats.lines += res.num_lines
+                stats.bytes_in += res.num_bytes
+                next_in_order += 1
+        meter.update(stats)
+    return doc_tokens
+
+
+def _where(src_label: str, index_mode: bool, global_line0: int, task: tuple, line_idx: int) -> str:
+    if index_mode:
+        off = int(task[1][line_idx])
+        return f"{src_label}: index entry {global_line0 + 1} (byte offset {off})"
+    return f"{src_label}:{global_line0 + 1}"
+
+
+def _describe_exit(code) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _finish_file(job: PackJob, doc_tokens: list[np.ndarray], stats: PackStats) -> None:
+    """Header + index pickle after the data segment, then fsync (covers the workers' writes too:
+    fsync flushes the file, not the descriptor)."""
+    width = job.token_width
+    lengths = (np.concatenate(doc_tokens) if doc_tokens else np.zeros(0, np.int64)) * width
+    offsets = np.cumsum(lengths) - lengths
+    data_len = stats.tokens * width
+    fd = os.open(job.tmp_dst, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, HEADER_SIZE + data_len)  # a zero-document corpus wrote nothing at all
+        pos = HEADER_SIZE + data_len
+        for piece in iter_index_pickle(offsets, lengths):
+            pwrite_all(fd, memoryview(piece), pos)
+            pos += len(piece)
+        os.pwrite(fd, encode_header(data_len, width), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _stop_workers(procs) -> None:
+    """Terminate whatever still runs, escalating to SIGKILL after a short grace period."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 2.0
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=1.0)

@@ -1,0 +1,154 @@
+"""The pack worker process: read a chunk of the JSONL itself, tokenize it, write it in place.
+
+Protocol over one duplex pipe per worker (messages are small tuples; tokens never cross a pipe):
+    main -> worker  ("lines", cid, start, end)         byte range of the JSONL: tokenize it
+                    ("entries", cid, offsets, lengths)  raw-index entries (--index): tokenize them
+                    ("write", cid, data_offset)        tokens of chunk cid go to this data-segment offset
+                    ("stop",)
+    worker -> main  ("counted", cid, ChunkResult)     tokens held until the offset arrives
+                    ("written", cid)
+                    ("failed", cid, traceback text)
+The main process learns the chunk's size first, assigns offsets in input order, and each worker
+pwrite()s its own tokens into the shared temporary output file: no single reader or writer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+
+from perfkit.data.jsonl import LineChunk, TextExtractor, extract_texts, read_line_chunk
+from perfkit.data.pbin import HEADER_SIZE, token_dtype
+from perfkit.data.tokenizer import TokenizerSpec, resolve_tokenizer
+
+
+@dataclass(frozen=True)
+class PackJob:
+    """Everything a worker needs (picklable for spawn-started workers)."""
+
+    src: str
+    src_size: int
+    tmp_dst: str
+    tokenizer: TokenizerSpec
+    key_path: tuple[str, ...]
+    eod_id: int
+    token_width: int
+    stop_at_first_bad: bool
+
+
+@dataclass
+class ChunkResult:
+    num_lines: int                 # lines (or index entries) the chunk covered
+    num_bytes: int                 # JSONL bytes it covered (progress)
+    doc_tokens: np.ndarray         # (num_docs,) int64 tokens per document, EOD included
+    bad: list[tuple[int, str]]     # (line index within the chunk, reason), in order
+    first_line_offset: int         # file offset of the chunk's first line (error messages)
+
+
+class TokenOverflowError(ValueError):
+    pass
+
+
+def tokenize_texts(texts: list[str], encode, eod_id: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, doc_tokens): every text's ids followed by eod_id, concatenated, in the token dtype.
+
+    tokens: (sum(doc_tokens),) little-endian uint of `width` bytes; doc_tokens: (len(texts),) int64.
+    """
+    lists = [encode(t) for t in texts]  # one call per document; the BPE itself is Rust
+    doc_tokens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)) + 1
+    total = int(doc_tokens.sum())
+    flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=total - len(lists))
+    limit = 1 << (8 * width)
+    if (flat.size and int(flat.max()) >= limit) or eod_id >= limit:
+        worst = max(int(flat.max()) if flat.size else 0, eod_id)
+        raise TokenOverflowError(f"token id {worst} does not fit the {width}-byte token width "
+                                 f"(max {limit - 1}); use a wider --token-width")
+    tokens = np.empty(total, dtype=token_dtype(width))
+    eod_at = np.cumsum(doc_tokens) - 1
+    is_text = np.ones(total, dtype=bool)
+    is_text[eod_at] = False
+    tokens[is_text] = flat
+    tokens[eod_at] = eod_id
+    return tokens, doc_tokens
+
+
+def read_entries_chunk(fd: int, offsets: np.ndarray, lengths: np.ndarray, file_size: int) -> LineChunk:
+    """Lines named by raw-index entries, read with one pread of their span when it is compact."""
+    lo = int(offsets.min()) if offsets.size else 0
+    hi = int((offsets + lengths).max()) if offsets.size else 0
+    if hi - lo <= 2 * int(lengths.sum()) + (1 << 16):
+        body = os.pread(fd, hi - lo, lo)
+        starts = offsets - lo
+    else:  # scattered entries: read each (still one syscall per line, never per token)
+        parts = [os.pread(fd, int(n), int(o)) for o, n in zip(offsets, lengths)]
+        body = b"".join(parts)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        lo = 0
+    chunk = LineChunk(body, lo, starts.astype(np.int64), lengths.astype(np.int64),
+                      unterminated_last=bool(lengths.size) and hi == file_size, contiguous=False)
+    return chunk
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def worker_main(conn, job: PackJob, tokenizer=None) -> None:
+    """Worker loop. `tokenizer` is inherited when forked; spawned workers resolve their own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    cid = -1
+    try:
+        tok = tokenizer or resolve_tokenizer(job.tokenizer)
+        encode = tok.encoding.encode_ordinary
+        extractor = TextExtractor(job.key_path)
+        src_fd = os.open(job.src, os.O_RDONLY)
+        dst_fd = os.open(job.tmp_dst, os.O_WRONLY)
+        pending: dict[int, np.ndarray] = {}  # chunk id -> tokens awaiting their offset
+        inbox: list[tuple] = []
+        while True:
+            if not inbox:
+                inbox.append(conn.recv())
+            while conn.poll():  # writes first: they free memory and unblock the main process
+                inbox.append(conn.recv())
+            inbox.sort(key=lambda m: m[0] != "write")
+            msg = inbox.pop(0)
+            kind = msg[0]
+            if kind == "stop":
+                break
+            cid = msg[1]
+            if kind == "write":
+                tokens = pending.pop(cid)
+                pwrite_all(dst_fd, memoryview(tokens).cast("B"), HEADER_SIZE + msg[2])
+                conn.send(("written", cid))
+                continue
+            if kind == "lines":
+                chunk = read_line_chunk(src_fd, msg[2], msg[3], job.src_size)
+                covered = min(msg[3], job.src_size) - msg[2]
+            else:
+                chunk = read_entries_chunk(src_fd, msg[2], msg[3], job.src_size)
+                covered = int(msg[3].sum())
+            texts, _good, bad = extract_texts(chunk, extractor, job.stop_at_first_bad)
+            if bad and job.stop_at_first_bad:
+                tokens, doc_tokens = np.zeros(0, token_dtype(job.token_width)), np.zeros(0, np.int64)
+            else:
+                tokens, doc_tokens = tokenize_texts(texts, encode, job.eod_id, job.token_width)
+            pending[cid] = tokens
+            conn.send(("counted", cid, ChunkResult(chunk.num_lines, covered, doc_tokens, bad, chunk.base)))
+        os.close(dst_fd)
+        os.close(src_fd)
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass  # the main process is gone or stopping us: nothing to report to
+    except BaseException as e:
+        try:
+            detail = str(e) if isinstance(e, (TokenOverflowError, OSError)) else traceback.format_exc()
+            conn.send(("failed", cid, detail))
+        except (OSError, EOFError):
+            pass

@@ -1,0 +1,144 @@
+"""`perfkit index`: the Modalities raw index (.idx) of a JSONL file, and its reader.
+
+The raw index is `pickle.dumps([(byte_offset, byte_length), ...])` with one entry per good line,
+the newline excluded (a '\\r' before it stays in the line, as in Modalities' create_raw_index).
+Every line is validated the way `perfkit pack` reads it (UTF-8, a JSON object, a string text
+field), with the same bad-line policy; lines are checked in parallel, one byte-range chunk per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from perfkit.data.jsonl import BadLineError, TextExtractor, extract_texts, parse_text_key, read_line_chunk
+from perfkit.data.pack_index_pickle import IndexPickleError, iter_index_pickle, parse_index_pickle
+
+CHUNK_BYTES = 1 << 20
+
+
+def read_raw_index(path: str | os.PathLike, src_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, lengths) int64 of a raw index, parsed without unpickling; entries checked
+    against the JSONL size when given."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the raw index: {e.strerror or e}") from None
+    try:
+        offsets, lengths = parse_index_pickle(raw)
+    except IndexPickleError as e:
+        raise ValueError(f"{path}: not a raw index: {e}") from None
+    if src_size is not None and offsets.size:
+        bad = offsets + lengths > src_size
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{path}: entry {i} (offset {int(offsets[i])}, length {int(lengths[i])}) "
+                             f"runs past the end of the {src_size}-byte JSONL; is it the index of another file?")
+    return offsets, lengths
+
+
+# Worker state, set once per pool process by _init (fork or spawn).
+_STATE: dict = {}
+
+
+def _init(src: str, size: int, key_path: tuple[str, ...], stop_at_first_bad: bool) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _STATE.update(fd=os.open(src, os.O_RDONLY), size=size, extractor=TextExtractor(key_path),
+                  stop=stop_at_first_bad)
+
+
+def _index_chunk(bounds: tuple[int, int]):
+    """(absolute offsets, lengths) of the good lines of a chunk, lines covered, [(line idx, reason)]."""
+    chunk = read_line_chunk(_STATE["fd"], bounds[0], bounds[1], _STATE["size"])
+    _texts, good, bad = extract_texts(chunk, _STATE["extractor"], _STATE["stop"])
+    return chunk.starts[good] + chunk.base, chunk.lengths[good], chunk.num_lines, bad
+
+
+def build_raw_index(src: Path, key_path: tuple[str, ...], workers: int, on_bad_line: str,
+                    skipped: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    size = src.stat().st_size
+    tasks = [(s, min(s + CHUNK_BYTES, size)) for s in range(0, size, CHUNK_BYTES)]
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    offsets, lengths, lines_before, examples = [], [], 0, 0
+    with ctx.Pool(max(1, min(workers, len(tasks) or 1)), initializer=_init,
+                  initargs=(str(src), size, key_path, on_bad_line == "error")) as pool:
+        for off, ln, n_lines, bad in pool.imap(_index_chunk, tasks):  # ordered
+            for i, reason in bad:
+                where = f"{src}:{lines_before + i + 1}"
+                if on_bad_line == "error":
+                    pool.terminate()
+                    raise BadLineError(f"{where}: {reason}")
+                skipped[reason] = skipped.get(reason, 0) + 1
+                if examples < 10:
+                    print(f"warning: {where}: {reason} (skipped)", file=sys.stderr)
+                    examples += 1
+            offsets.append(off)
+            lengths.append(ln)
+            lines_before += n_lines
+    if not offsets:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(offsets), np.concatenate(lengths)
+
+
+def write_atomic(dst: Path, pieces) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            for piece in pieces:
+                f.write(piece)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="perfkit index", description=__doc__.split("\n\n")[0])
+    p.add_argument("src", help="JSONL file")
+    p.add_argument("-o", "--output", dest="dst", help="the .idx to write (default: SRC with .idx)")
+    p.add_argument("--text-key", default="text", help="key or dotted path of the text field to validate")
+    p.add_argument("--on-bad-line", choices=("error", "skip"), default="error")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: usable CPUs)")
+    p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    args = p.parse_args(argv)
+    src = Path(args.src)
+    dst = Path(args.dst) if args.dst else src.with_suffix(".idx")
+    t0 = time.monotonic()
+    skipped: dict[str, int] = {}
+    try:
+        if not src.is_file():
+            raise ValueError(f"{src}: no such file")
+        if dst.exists() and not args.force:
+            raise ValueError(f"{dst} exists; pass --force to overwrite it")
+        from perfkit.data.pack import default_workers
+        workers = args.workers or default_workers()
+        if workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
+        offsets, lengths = build_raw_index(src, parse_text_key(args.text_key), workers,
+                                           args.on_bad_line, skipped)
+        write_atomic(dst, iter_index_pickle(offsets, lengths))
+    except KeyboardInterrupt:
+        print("perfkit index: interrupted; no output written", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:
+        print(f"perfkit index: {e}", file=sys.stderr)
+        return 1
+    n_skip = sum(skipped.values())
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+    print(f"indexed {len(offsets):,} lines of {src} -> {dst} in {time.monotonic() - t0:.2f} s; "
+          f"skipped {n_skip} lines" + (f" ({detail})" if n_skip else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

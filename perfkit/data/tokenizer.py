@@ -1,0 +1,169 @@
+"""Tokenizer resolution for `perfkit pack` / `perfkit inspect`: a name or a local ranks file -> tiktoken.
+
+Accepted `--tokenizer` values:
+- `gpt2`: the GPT-2 vocabulary. tiktoken's own "gpt2" loads two other files (vocab.bpe, encoder.json);
+  r50k_base is the same vocabulary, pattern and `<|endoftext|>` = 50256 in one ranks file, which
+  `perfkit fetch` puts into tiktoken's cache, so `gpt2` resolves to r50k_base and works offline.
+- any tiktoken encoding name (r50k_base, p50k_base, cl100k_base, o200k_base, ...): resolved by
+  tiktoken through its cache (TIKTOKEN_CACHE_DIR, else <tmp>/data-gym-cache), downloading on a miss.
+- a path to a local `.tiktoken` ranks file (base64 token, space, rank per line). Its split pattern and
+  special tokens come from `--tokenizer-pattern` / `--special-token`, or, when the file is one of
+  OpenAI's published ranks files (recognised by sha256), from tiktoken's definition of that encoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perfkit.data.pbin import token_width_for_vocab
+
+# sha256 of OpenAI's published ranks files -> the tiktoken encoding they belong to (these are the
+# `expected_hash` values tiktoken checks downloads against).
+KNOWN_RANKS_SHA256 = {
+    "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930": "r50k_base",
+    "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069": "p50k_base",
+    "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7": "cl100k_base",
+    "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d": "o200k_base",
+}
+ALIASES = {"gpt2": "r50k_base"}
+DEFAULT_EOD = "<|endoftext|>"
+
+
+class TokenizerError(ValueError):
+    """The tokenizer cannot be resolved; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a worker process needs to rebuild the same tokenizer (picklable, small)."""
+
+    name: str                                   # encoding name or path to a .tiktoken file
+    pattern: str | None = None                  # for local files: regex, or an encoding name
+    special_tokens: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+
+
+@dataclass
+class Tokenizer:
+    spec: TokenizerSpec
+    encoding: object          # tiktoken.Encoding
+    label: str                # what to print: "gpt2 (r50k_base)", "cl100k_base", "my.tiktoken"
+
+    @property
+    def n_vocab(self) -> int:
+        return self.encoding.n_vocab
+
+    @property
+    def token_width(self) -> int:
+        return token_width_for_vocab(self.n_vocab)
+
+    def token_id(self, text: str) -> int:
+        """The id of a special token (or of a string that is exactly one ordinary token)."""
+        try:
+            return self.encoding.encode_single_token(text)
+        except KeyError:
+            raise TokenizerError(f"{text!r} is not a single token of tokenizer {self.label}") from None
+
+
+def parse_special_tokens(items: list[str] | None) -> tuple[tuple[str, int], ...]:
+    """`--special-token '<|endoftext|>=50256'` (repeatable) -> (("<|endoftext|>", 50256), ...)."""
+    out = []
+    for item in items or []:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name or not value.strip().isdigit():
+            raise TokenizerError(f"--special-token {item!r}: expected TOKEN=ID, e.g. '<|endoftext|>=50256'")
+        out.append((name, int(value)))
+    return tuple(out)
+
+
+def resolve_tokenizer(spec: TokenizerSpec) -> Tokenizer:
+    import tiktoken  # deferred: `perfkit --help` must stay instant
+
+    name = spec.name
+    looks_like_path = name.endswith(".tiktoken") or os.sep in name or Path(name).is_file()
+    if not looks_like_path:
+        base = ALIASES.get(name, name)
+        if base not in tiktoken.list_encoding_names():
+            raise TokenizerError(f"unknown tokenizer {name!r}: use gpt2, one of "
+                                 f"{', '.join(tiktoken.list_encoding_names())}, or a path to a .tiktoken file")
+        try:
+            enc = tiktoken.get_encoding(base)
+        except Exception as e:  # offline cache miss: requests' ConnectionError, hash mismatch, ...
+            raise TokenizerError(
+                f"tokenizer {name!r}: the {base} ranks are not in tiktoken's cache and could not be "
+                f"downloaded ({type(e).__name__}: {e}). Run `perfkit fetch` (gpt2), set TIKTOKEN_CACHE_DIR "
+                f"to a folder holding them, or pass the path of a local .tiktoken file") from None
+        label = name if base == name else f"{name} ({base})"
+        return Tokenizer(spec, enc, label)
+    return _local_tokenizer(spec, tiktoken)
+
+
+def load_ranks(path: Path) -> tuple[dict[bytes, int], str]:
+    """Parse a .tiktoken file: `<base64 token> <rank>` per line. Returns (ranks, sha256)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read tokenizer ranks: {e.strerror or e}") from None
+    ranks = {}
+    for lineno, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            ranks[base64.b64decode(parts[0], validate=True)] = int(parts[1])
+        except (ValueError, binascii.Error):
+            raise TokenizerError(f"{path}:{lineno}: not a .tiktoken line (expected '<base64> <rank>')") from None
+    if not ranks:
+        raise TokenizerError(f"{path}: no ranks in the file")
+    return ranks, hashlib.sha256(raw).hexdigest()
+
+
+def _builtin_definition(encoding_name: str) -> tuple[str, dict[str, int]]:
+    """(pattern, special tokens) of a tiktoken built-in, taken from tiktoken itself without
+    loading (or downloading) its ranks file: its constructor is called with the loader swapped."""
+    import tiktoken_ext.openai_public as public
+
+    ctor = getattr(public, encoding_name, None)
+    if ctor is None or not hasattr(public, "load_tiktoken_bpe"):
+        raise TokenizerError(f"this tiktoken version does not define {encoding_name}; pass "
+                             "--tokenizer-pattern and --special-token")
+    loader = public.load_tiktoken_bpe
+    public.load_tiktoken_bpe = lambda *args, **kwargs: {}
+    try:
+        definition = ctor()
+    finally:
+        public.load_tiktoken_bpe = loader
+    return definition["pat_str"], dict(definition["special_tokens"])
+
+
+def _local_tokenizer(spec: TokenizerSpec, tiktoken) -> Tokenizer:
+    path = Path(spec.name)
+    if not path.is_file():
+        raise TokenizerError(f"tokenizer file {path} does not exist")
+    ranks, digest = load_ranks(path)
+    known = KNOWN_RANKS_SHA256.get(digest)
+    pattern, specials = None, {}
+    if known:
+        pattern, specials = _builtin_definition(known)
+    if spec.pattern:
+        if spec.pattern in KNOWN_RANKS_SHA256.values() or spec.pattern in ALIASES:
+            pattern = _builtin_definition(ALIASES.get(spec.pattern, spec.pattern))[0]
+        else:
+            pattern = spec.pattern
+    specials.update(dict(spec.special_tokens))
+    if pattern is None:
+        raise TokenizerError(f"{path}: unknown ranks file (sha256 {digest}); name its split pattern with "
+                             "--tokenizer-pattern (an encoding name such as cl100k_base, or a regex) "
+                             "and its special tokens with --special-token TOKEN=ID")
+    try:
+        enc = tiktoken.Encoding(name=path.stem, pat_str=pattern, mergeable_ranks=ranks,
+                                special_tokens=specials)
+    except Exception as e:
+        raise TokenizerError(f"{path}: cannot build a tokenizer from it: {e}") from None
+    return Tokenizer(spec, enc, f"{path.name} ({known})" if known else path.name)
