@@ -7,6 +7,7 @@ collective; nothing waits for a rank that already exited.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,8 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
         if env.is_main:
             run_folder.create(cfg.run.root, exp_id)
             run_folder.save_resolved_config(run_dir, resolved)
+            for section, values in resolved.items():  # the resolved config, one line per section
+                print(f"config {section}: {json.dumps(values)}")
             print(f"perfkit train: run folder {run_dir}  (tensorboard --logdir {run_dir / 'tensorboard'})")
             print(f"perfkit train: {plan.world_size} rank(s) on {env.device.type}, {plan.parameters:,} parameters, "
                   f"{plan.max_steps} steps x {plan.tokens_per_step:,} tokens, grad accumulation "
