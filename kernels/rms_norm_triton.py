@@ -80,7 +80,7 @@ def _rms_norm_fwd_kernel(X, x_stride, R, r_stride, W, Y, y_stride, H, h_stride, 
 
 @triton.jit
 def _rms_norm_bwd_kernel(DY, dy_stride, X, x_stride, W, RSTD, DH, dh_stride, DX, dx_stride,
-                         DW_PARTIAL, M, N, rows_per_program,
+                         DW_PARTIAL, C, M, N, rows_per_program,
                          HAS_DH: tl.constexpr, SINGLE_PASS: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # y = x * rstd * w  =>  dx = rstd * (w*dy - xhat * mean(xhat * w*dy)),  xhat = x * rstd,
@@ -115,12 +115,11 @@ def _rms_norm_bwd_kernel(DY, dy_stride, X, x_stride, W, RSTD, DH, dh_stride, DX,
         tl.store(DW_PARTIAL + pid.to(tl.int64) * N + tl.arange(0, BLOCK_N), dw,
                  mask=tl.arange(0, BLOCK_N) < N)
     else:
-        # Wide rows, one row at a time, two passes; this program's dw partial row lives in
-        # global memory (zero-initialized by the launcher) and only this program touches it.
-        part = DW_PARTIAL + pid.to(tl.int64) * N
+        # Wide rows, one row at a time. Phase 1 stores c = mean(xhat * w*dy) of each row in the
+        # scratch C (M,); phase 2 walks column chunks, and within a chunk all this program's rows,
+        # so each chunk's dw partial stays in registers and is written once (no read-modify-write).
         for row in range(row_start, row_end):
             row64 = tl.cast(row, tl.int64)
-            rstd = tl.load(RSTD + row)
             acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for start in range(0, N, BLOCK_N):
                 cols = start + tl.arange(0, BLOCK_N)
@@ -129,21 +128,26 @@ def _rms_norm_bwd_kernel(DY, dy_stride, X, x_stride, W, RSTD, DH, dh_stride, DX,
                 dy = tl.load(DY + row64 * dy_stride + cols, mask=mask, other=0.0).to(tl.float32)
                 w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
                 acc += x * w * dy
-            c = tl.sum(acc, axis=0) * rstd / N  # = mean(xhat * w*dy)
-            for start in range(0, N, BLOCK_N):
-                cols = start + tl.arange(0, BLOCK_N)
-                mask = cols < N
+            tl.store(C + row, tl.sum(acc, axis=0) * tl.load(RSTD + row) / N)
+        tl.debug_barrier()  # phase 2 reads every row's c, stored by whichever thread held it
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = cols < N
+            w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+            dw_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for row in range(row_start, row_end):
+                row64 = tl.cast(row, tl.int64)
+                rstd = tl.load(RSTD + row)
+                c = tl.load(C + row)
                 x = tl.load(X + row64 * x_stride + cols, mask=mask, other=0.0).to(tl.float32)
                 dy = tl.load(DY + row64 * dy_stride + cols, mask=mask, other=0.0).to(tl.float32)
-                w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
                 xhat = x * rstd
                 dx = (w * dy - xhat * c) * rstd
                 if HAS_DH:
                     dx += tl.load(DH + row64 * dh_stride + cols, mask=mask, other=0.0).to(tl.float32)
                 tl.store(DX + row64 * dx_stride + cols, dx.to(DX.dtype.element_ty), mask=mask)
-                p = tl.load(part + cols, mask=mask, other=0.0)
-                tl.store(part + cols, p + dy * xhat, mask=mask)
-            tl.debug_barrier()  # the next row re-reads the partial row this one wrote
+                dw_acc += dy * xhat
+            tl.store(DW_PARTIAL + pid.to(tl.int64) * N + cols, dw_acc, mask=mask)
 
 
 def as_rows(t: torch.Tensor) -> torch.Tensor:
@@ -224,15 +228,16 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torc
     programs = min(num_programs or _programs_target(x.device, warps), max(tiles, 1))
     rows_per_program = triton.cdiv(tiles, programs) * block_m
     programs = max(1, triton.cdiv(m, rows_per_program))
-    alloc = torch.empty if single else torch.zeros
-    partial = alloc((programs, n), dtype=torch.float32, device=x.device)
+    partial = torch.empty((programs, n), dtype=torch.float32, device=x.device)
+    # per-row scratch of the wide-row path (the single-pass path keeps c in registers)
+    c_scratch = rstd if single else torch.empty((m,), dtype=torch.float32, device=x.device)
     if m == 0 or n == 0:
         partial.zero_()
     else:
         _rms_norm_bwd_kernel[(programs,)](
             dy2, dy2.stride(0), x2, x2.stride(0), weight.contiguous(), rstd.reshape(-1).contiguous(),
             dh2 if dh2 is not None else dy2, dh2.stride(0) if dh2 is not None else 0,
-            dx, dx.stride(0), partial, m, n, rows_per_program,
+            dx, dx.stride(0), partial, c_scratch, m, n, rows_per_program,
             HAS_DH=dh is not None, SINGLE_PASS=single,
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
     dw = partial.sum(dim=0).to(weight.dtype)

@@ -58,8 +58,8 @@ def _leaf(t):
 
 
 # Shapes: (rows..., hidden). Hidden sizes off powers of two; 17000 takes the chunked wide-row path;
-# 1 row, 1 column and 3-D inputs included.
-RMS_SHAPES = [(1, 1), (1, 768), (7, 37), (3, 5, 100), (19, 257), (2, 17000)]
+# 1 row, 1 column and 3-D inputs included; 1000 rows give each of the 4 interpreted programs several tiles.
+RMS_SHAPES = [(1, 1), (1, 768), (7, 37), (1000, 37), (3, 5, 100), (19, 257), (5, 17000)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -82,7 +82,7 @@ def test_rms_norm_matches_float64(device, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(1, 1), (4, 3, 96), (13, 1000), (2, 17000)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (4, 3, 96), (13, 1000), (3, 17000)], ids=str)
 def test_rms_norm_residual_matches_float64(device, shape, dtype):
     gen = torch.Generator().manual_seed(7 + shape[-1])
     x, res = _leaf(_rand(shape, dtype, device, gen)), _leaf(_rand(shape, dtype, device, gen))
