@@ -189,3 +189,25 @@ def test_warm_start_loads_weights_only(tmp_path):
         assert torch.equal(a, b)
     assert warm.progress.step == 0 and warm.loader.drawn == 0 and warm.sched.last_epoch == 0
     assert warm.opt.state == {} or all(not s for s in warm.opt.state.values())
+
+
+def test_auto_finds_the_same_config_in_a_new_run_folder(tmp_path):
+    """A requeued job without a pinned experiment id gets a new `<time>_<hash>` folder."""
+    first = tmp_path / "2026-01-01__00-00-00_abcdef12"
+    Run(first, every_steps=2).train(2)
+    Run(tmp_path / "2026-01-01__00-00-00_99999999", every_steps=1).train(1)  # another config
+    again = Run(tmp_path / "2026-01-02__00-00-00_abcdef12", resume="auto", every_steps=2)
+    assert again.ckpt.restore() == first / "checkpoints" / "step_00000002"
+    again.train(2)  # saves go to the new folder
+    assert latest_checkpoint(tmp_path / "2026-01-02__00-00-00_abcdef12").name == "step_00000004"
+    assert Run(tmp_path / "pinned-name", resume="auto").ckpt.restore() is None
+
+
+def test_prune_removes_leftovers_of_killed_saves(tmp_path):
+    run = Run(tmp_path, every_steps=2)
+    run.train(2)
+    root = tmp_path / "checkpoints"
+    for name in ("step_00000002.partial", "step_00000001.deleting", "step_00000009.partial"):
+        (root / name).mkdir()
+    run.train(2)
+    assert sorted(os.listdir(root)) == ["step_00000002", "step_00000004", "step_00000009.partial"]

@@ -145,6 +145,11 @@ class Checkpointer:
         if resume == "auto":
             target = _agree(lambda: layout.latest_checkpoint(self.run_dir), self.group)
             if target is None:
+                target = _agree(lambda: layout.latest_of_same_config(self.run_dir), self.group)
+                if target is not None:
+                    _log(rank, f"checkpoint: resume=auto: no checkpoint in {self.run_dir}; continuing "
+                               f"{target} (a run folder of the same config hash)")
+            if target is None:
                 _log(rank, f"checkpoint: resume=auto found no complete checkpoint in "
                            f"{layout.checkpoints_dir(self.run_dir)}; starting fresh")
                 return None

@@ -31,6 +31,7 @@ MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_HASHED_RUN = re.compile(r"^.+_([0-9a-f]{8})$")
 _FORMAT = "perfkit-checkpoint-v1"
 
 
@@ -74,6 +75,27 @@ def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     done = complete_checkpoints(run_dir)
     return done[-1] if done else None
+
+
+def latest_of_same_config(run_dir: str | os.PathLike) -> Path | None:
+    """The most recently committed checkpoint of a sibling run folder made from the same config.
+
+    Run folders are named `<UTC time>_<8 hex config hash>` unless run.experiment_id names them, so
+    a requeued job that did not pin its experiment id gets a new folder; `resume=auto` then finds
+    the run it continues by that hash. Folders named otherwise never match.
+    """
+    run_dir = Path(run_dir)
+    m = _HASHED_RUN.match(run_dir.name)
+    if not m or not run_dir.parent.is_dir():
+        return None
+    best, best_time = None, -1.0
+    for sibling in run_dir.parent.iterdir():
+        if sibling == run_dir or not sibling.is_dir() or not sibling.name.endswith("_" + m.group(1)):
+            continue
+        latest = latest_checkpoint(sibling)
+        if latest is not None and (t := (latest / MARKER).stat().st_mtime) > best_time:
+            best, best_time = latest, t
+    return best
 
 
 def resolve_checkpoint(path_or_run: str | os.PathLike) -> Path:
@@ -155,9 +177,16 @@ def manifest_files(folder: Path) -> list[str]:
 
 
 def prune(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints and any stale partial folders."""
+    """Delete all but the newest `keep_last` complete checkpoints, and leftovers of killed saves
+    or deletions (partial folders of older steps, half-deleted folders). Rank 0, after a commit."""
     done = complete_checkpoints(run_dir)
     doomed = done[:-keep_last] if keep_last > 0 else []
+    newest = step_of(done[-1]) if done else None
+    for p in checkpoints_dir(run_dir).iterdir():
+        stem, _, kind = p.name.rpartition(".")
+        if kind in ("deleting", "replaced") or (kind == PARTIAL_SUFFIX[1:] and newest is not None
+                                                 and (step_of(stem) or 0) <= newest):
+            shutil.rmtree(p, ignore_errors=True)
     for p in doomed:
         # rename first so that a crash mid-delete cannot leave a half-deleted folder that looks complete
         trash = p.with_name(p.name + ".deleting")
