@@ -72,13 +72,14 @@ def _settings(args) -> dict:
             return flag
         return getattr(s, key) if s is not None else None
 
+    workers = pick(args.workers, "num_cpus")
     text_key = args.text_key or (s and (s.text_key or s.jq_pattern)) or "text"
     specials = parse_special_tokens(args.special_token) or tuple((tok.special_tokens if tok else {}).items())
     return {
         "src": pick(args.src, "src_path"),
         "dst": pick(args.dst, "dst_path"),
         "index": pick(args.index, "index_path"),
-        "workers": pick(args.workers, "num_cpus") or default_workers(),
+        "workers": default_workers() if workers is None else workers,
         "eod": pick(args.eod_token, "eod_token") or DEFAULT_EOD,
         "on_bad_line": pick(args.on_bad_line, "on_bad_line") or "error",
         "token_width": pick(args.token_width, "token_width"),
