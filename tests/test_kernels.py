@@ -184,3 +184,20 @@ def test_rms_norm_dw_is_deterministic(device):
         rms_norm(x, w, 1e-5).backward(dy)
         grads.append((x.grad.clone(), w.grad.clone()))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize("num_programs", [1, 3, 7])
+def test_rms_norm_backward_any_program_count(device, num_programs):
+    """dx does not depend on how rows are split among programs; dw only by summation order."""
+    from perfkit.kernels import rms_norm_triton
+
+    gen = torch.Generator().manual_seed(num_programs)
+    x = _rand((50, 200), torch.float32, device, gen)
+    w = _rand((200,), torch.float32, device, gen)
+    dy = _rand((50, 200), torch.float32, device, gen)
+    rstd = torch.rsqrt(x.pow(2).mean(-1) + 1e-5)
+    dx, dw = rms_norm_triton.backward(dy, x, w, rstd, num_programs=num_programs)
+    x64, w64 = _leaf(x.double()), _leaf(w.double())
+    _rms_norm64(x64, w64, 1e-5).backward(dy.double())
+    _close(dx, x64.grad, torch.float32)
+    _close(dw, w64.grad, torch.float32, scale=8.0)

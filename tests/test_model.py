@@ -52,6 +52,9 @@ def test_parameter_count_formula_matches_module(kw):
     d, v = cfg.n_embd, model.vocab_size
     embed = v * d + (cfg.sequence_length * d if cfg.positions == "learned" else 0)
     assert count_parameters(model) - count_parameters(model, True) == embed
+    head_dim = d // cfg.n_head_q
+    matmul_params = count_parameters(model, True) + (v * d if cfg.tie_embeddings else 0)
+    assert flops_per_token(cfg) == 6 * matmul_params + 12 * cfg.n_layer * cfg.n_head_q * head_dim * cfg.sequence_length
     assert v % 64 == 0 and v - 64 < cfg.vocab_size <= v
 
 
