@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -149,17 +150,28 @@ def summary_line(stats: PackStats, dst: str) -> str:
             f"skipped {skipped} lines" + (f" ({detail})" if skipped else ""))
 
 
+def _raise_terminated(signum, frame):
+    raise PackAborted(143, "terminated (SIGTERM)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # From here on SIGTERM unwinds like Ctrl-C: workers stopped, temporary file removed.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         settings = _settings(args)
         stats = pack(settings, force=args.force, chunk_mb=args.chunk_mb, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("perfkit pack: interrupted (Ctrl-C); no output written", file=sys.stderr)
+        return 130
     except PackAborted as e:
         print(f"perfkit pack: {e}; no output written", file=sys.stderr)
         return e.code
     except (BadLineError, PackFailed, TokenizerError, PbinError, ValueError, OSError) as e:
         print(f"perfkit pack: {e}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(summary_line(stats, settings["dst"]))
     return 0
 
