@@ -38,8 +38,9 @@ def stage_dtype(token_width: int, device: torch.device) -> tuple[torch.dtype, in
         try:  # a one-time probe, not on the hot path
             ok = True
             for dtype, top in ((torch.uint16, 2 ** 16 - 1), (torch.uint32, 2 ** 32 - 1)):
-                probe = torch.tensor([top], dtype=torch.int64).to(dtype).to(device)
-                ok = ok and probe[:1].to(torch.int64).cpu().tolist() == [top]
+                host = torch.tensor([top], dtype=torch.int64).to(dtype)
+                ok = ok and int(host.numpy()[0]) == top  # the gather writes through .numpy()
+                ok = ok and host.to(device).to(torch.int64).cpu().tolist() == [top]
             _UNSIGNED_OK[device.type] = ok
         except (RuntimeError, TypeError):
             _UNSIGNED_OK[device.type] = False
