@@ -201,3 +201,20 @@ def test_rms_norm_backward_any_program_count(device, num_programs):
     _rms_norm64(x64, w64, 1e-5).backward(dy.double())
     _close(dx, x64.grad, torch.float32)
     _close(dw, w64.grad, torch.float32, scale=8.0)
+
+
+def test_rms_norm_mixed_dtypes(device):
+    """bf16 activations with an fp32 weight (autocast-style): y in bf16, dw in fp32."""
+    gen = torch.Generator().manual_seed(13)
+    x = _leaf(_rand((9, 130), torch.bfloat16, device, gen))
+    w = _leaf(_rand((130,), torch.float32, device, gen))
+    dy = _rand((9, 130), torch.bfloat16, device, gen)
+    y = rms_norm(x, w, 1e-5)
+    y.backward(dy)
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    x64, w64 = _leaf(x.double()), _leaf(w.double())
+    y64 = _rms_norm64(x64, w64, 1e-5)
+    y64.backward(dy.double())
+    _close(y, y64, torch.bfloat16)
+    _close(x.grad, x64.grad, torch.bfloat16)
+    _close(w.grad, w64.grad, torch.float32, scale=4.0)
