@@ -168,11 +168,19 @@ def _drive(job: PackJob, tasks, procs, conns, stats: PackStats, meter: _Progress
     sentinel_of = {p.sentinel: i for i, p in enumerate(procs)}
     conn_of = {id(c): i for i, c in enumerate(conns)}
 
+    def send(w: int, msg: tuple) -> None:
+        try:
+            conns[w].send(msg)
+        except OSError:  # broken pipe: the worker is gone
+            procs[w].join(timeout=1)
+            raise PackFailed(f"pack worker {procs[w].pid} died ({_describe_exit(procs[w].exitcode)}); "
+                             "nothing was written") from None
+
     while written < len(tasks):
         for w in range(n_workers):  # keep every worker busy, within its memory bound
             while next_task < len(tasks) and len(outstanding[w]) < MAX_OUTSTANDING:
                 kind, a, b = tasks[next_task]
-                conns[w].send((kind, next_task, a, b))
+                send(w, (kind, next_task, a, b))
                 owner[next_task] = w
                 outstanding[w].add(next_task)
                 next_task += 1
@@ -209,7 +217,7 @@ def _drive(job: PackJob, tasks, procs, conns, stats: PackStats, meter: _Progress
                         print(f"warning: {where}: {reason} (skipped)", file=sys.stderr)
                         examples += 1
                 n_tok = int(res.doc_tokens.sum())
-                conns[owner[next_in_order]].send(("write", next_in_order, data_offset))
+                send(owner[next_in_order], ("write", next_in_order, data_offset))
                 data_offset += n_tok * job.token_width
                 doc_tokens.append(res.doc_tokens)
                 stats.documents += int(res.doc_tokens.shape[0])
