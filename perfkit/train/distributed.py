@@ -67,7 +67,7 @@ def init(env: Env, par: ParallelConfig) -> None:
     kwargs: dict[str, Any] = {"backend": backend}
     if env.device.type == "cuda":
         kwargs["device_id"] = env.device  # binds NCCL to this GPU up front (no lazy init on first collective)
-    if "MASTER_ADDR" not in os.environ and env.world_size == 1:
+    if "RANK" not in os.environ and env.world_size == 1:
         # plain `python -m perfkit.train`: a world of one needs no rendezvous
         kwargs.update(store=dist.HashStore(), rank=0, world_size=1)
     dist.init_process_group(**kwargs)
@@ -85,16 +85,6 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def all_ok(ok: bool, device: torch.device) -> bool:
-    """True only when every rank says ok: a check that fails on some ranks stops all of them
-    (a rank that raised alone would leave the others waiting in their next collective)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return ok
-    flag = torch.tensor([0 if ok else 1], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item()) == 0
 
 
 def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
