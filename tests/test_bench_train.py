@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +120,20 @@ def test_bad_input_fails_with_a_message_and_no_record(tmp_path, capsys):
     assert rc == 1 and records == [] and "--synthetic" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench(tmp_path, "--synthetic", "stray")
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_time_per_rank_and_rank0_records(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "perfkit.bench.train", CPU_DEBUG, "--steps", "3", "--warmup", "1", "--synthetic",
+           "--json", str(out), f"--model.vocab_size={VOCAB}", f"--run.root={tmp_path / 'runs'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 1  # rank 0 alone writes
+    r = records[0]
+    check_consistent(r)
+    assert r["world_size"] == 2 and r["tokens_per_step"] == 2 * 8 * 64 and r["tokens_per_step_per_gpu"] == 8 * 64
+    assert len(r["per_rank_step_time_median_s"]) == 2 and all(t > 0 for t in r["per_rank_step_time_median_s"])
+    assert proc.stdout.count("tokens/s per process") == 1  # only rank 0 prints
