@@ -74,21 +74,14 @@ def _checkpointer(cfg: Config, run_dir: Path, parts, resolved: dict):
                         model_config=cfg.model, config=resolved, faults=parts.guard)
 
 
-def _loss_fn(cfg: Config, loss):
-    """The loss, compiled with the blocks: fuses the fp32 upcast of the (B, S, V) logits into the
-    log-softmax instead of materializing an fp32 copy of them."""
-    return torch.compile(loss) if cfg.parallel.compile else loss
-
-
 def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
     """Create the process group, build everything, train; always tears the group down."""
     from perfkit.metrics import MetricsLogger, peak_flops
-    from perfkit.model import cross_entropy_loss
     from perfkit.data.loader import build_train_loader, build_val_loader
     from perfkit.train import loop, run_folder
     from perfkit.train.faults import NonFiniteGuard
     from perfkit.train.optimizer import build_optimizer
-    from perfkit.train.parallelize import build_model
+    from perfkit.train.parallelize import build_loss_fn, build_model
     from perfkit.train.preemption import PreemptionGuard
     from perfkit.train.schedules import build_scheduler
 
@@ -116,7 +109,7 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
         loader = build_train_loader(cfg.data, **loader_args)
         val_loader = build_val_loader(cfg.data, **loader_args)
         parts = loop.TrainParts(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
-                                val_loader=val_loader, loss_fn=_loss_fn(cfg, cross_entropy_loss),
+                                val_loader=val_loader, loss_fn=build_loss_fn(cfg.parallel),
                                 guard=NonFiniteGuard(cfg.training.on_nonfinite))
         parts.checkpointer = _checkpointer(cfg, run_dir, parts, resolved)
         if parts.checkpointer is not None:
