@@ -18,9 +18,7 @@ tests/test_kernels.py with Triton's interpreter).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 
 import torch
 
@@ -149,19 +147,24 @@ def main(argv: list[str] | None = None) -> int:
         print("perfkit bench kernels: needs a CUDA GPU and none is visible; nothing was measured. "
               "(Kernel correctness on CPU: pytest tests/test_kernels.py, Triton interpreter.)", file=sys.stderr)
         return 1
-    import triton
-
     device = torch.device("cuda", torch.cuda.current_device())
-    dtype = getattr(torch, args.dtype)
-    meta = dict(device=torch.cuda.get_device_name(device), torch=torch.__version__, triton=triton.__version__,
-                time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return run(device, getattr(torch, args.dtype), args.ops, args.rows, args.hidden, args.json)
+
+
+def run(device: torch.device, dtype: torch.dtype, ops: list[str], rows_list: list[int],
+        hidden_list: list[int], json_path: str | None = None) -> int:
+    """Measure every (op, hidden, rows), print the table and the target check; 1 on a mismatch."""
+    from perfkit.bench.records import append_jsonl, environment
+
+    meta = dict(environment(device), suite="kernels")
     copy = copy_gbps(device)
-    print(f"{meta['device']}  torch {meta['torch']}  triton {meta['triton']}  copy {copy:.0f} GB/s")
+    print(f"{meta['device_name']}  torch {meta['torch']}  triton {meta['triton']}  "
+          f"commit {meta['git_commit']}  copy {copy:.0f} GB/s")
     print(f"{'op':18s} {'dir':3s} {'impl':8s} {'rows':>6s} {'hidden':>6s} {'ms':>9s} {'GB/s':>7s} {'%copy':>6s}")
     all_rows, failed = [], False
-    for op in args.ops:
-        for n in args.hidden:
-            for m in args.rows:
+    for op in ops:
+        for n in hidden_list:
+            for m in rows_list:
                 rows, error = bench_case(op, m, n, dtype, device, copy)
                 bad = error > (2e-2 if dtype != torch.float32 else 1e-4)
                 failed |= bad
@@ -171,11 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  check vs eager: max relative error {error:.2e}{'  MISMATCH' if bad else ''}")
                 all_rows += [dict(r, **meta, copy_gbps=round(copy, 1), max_rel_error=error) for r in rows]
     print("\n".join(["", "targets (issue 4):"] + _target_notes(all_rows)))
-    if args.json:
-        with open(args.json, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in all_rows)
+    if json_path:
+        append_jsonl(json_path, all_rows)
     return 1 if failed else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
