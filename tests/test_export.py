@@ -94,3 +94,23 @@ def test_bad_inputs_are_clear(tmp_path, capsys):
     assert cli(["export", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.pt")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_warm_start_from_export_and_shape_mismatch(tmp_path):
+    model, _ = _trained_checkpoint(tmp_path / "run")
+    export_checkpoint(tmp_path / "run", tmp_path / "m.pt", dtype="fp32")
+    longer = msgspec.structs.replace(CFG, sequence_length=32, dropout=0.1)  # a fine-tune may change these
+    torch.manual_seed(1)
+    fresh = GPT(longer)
+    opt = torch.optim.AdamW(fresh.parameters())
+    progress = SimpleNamespace(step=0)
+    ckpt = Checkpointer(CheckpointConfig(warm_start=str(tmp_path / "m.pt")), tmp_path / "new", model=fresh,
+                        optimizer=opt, progress=progress, model_config=longer)
+    assert ckpt.restore() == tmp_path / "m.pt"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    assert progress.step == 0 and not opt.state
+    wider = msgspec.structs.replace(CFG, n_embd=48, n_head_q=4, n_head_kv=4)
+    ckpt = Checkpointer(CheckpointConfig(warm_start=str(tmp_path / "m.pt")), tmp_path / "new",
+                        model=GPT(wider), optimizer=None, progress=progress, model_config=wider)
+    with pytest.raises(CheckpointError, match=r"tok_emb.weight: checkpoint shape \(128, 32\), model shape \(128, 48\)"):
+        ckpt.restore()

@@ -187,17 +187,22 @@ class Checkpointer:
         if problems:
             raise CheckpointError(f"checkpoint {target} is damaged: " + "; ".join(problems))
 
-    def _check_model_config(self, target: Path) -> None:
-        try:
-            saved = json.loads((target / MODEL_CONFIG_JSON).read_text())
-        except (OSError, ValueError):
-            return  # no model config saved: the shape check in _load_sharded still guards
+    def _check_model_config(self, target: Path, saved: dict | None = None, *, strict: bool = True) -> None:
+        """Resume (strict): any differing weight-relevant field is an error naming the fields.
+        Warm start: differences are reported only; the tensor shapes decide (a fine-tune may
+        change sequence_length or dropout, never a weight's shape)."""
+        if saved is None:
+            try:
+                saved = json.loads((target / MODEL_CONFIG_JSON).read_text())
+            except (OSError, ValueError):
+                return  # no model config saved: the shape check in _load_sharded still guards
         fatal, harmless = state.model_config_differences(saved, self.model_config)
-        if fatal:
+        if fatal and strict:
             raise CheckpointError(f"checkpoint {target} was written for a different model config: "
                                   + "; ".join(fatal))
-        if harmless:
-            _log(_rank(self.group), "checkpoint: model config differs in runtime-only fields: " + "; ".join(harmless))
+        if fatal or harmless:
+            _log(_rank(self.group), "checkpoint: model config differs from the checkpoint's: "
+                 + "; ".join(fatal + harmless))
 
     def _load_sharded(self, target: Path, *, with_optimizer: bool) -> None:
         want = self._sharded_state() if with_optimizer else {"model": get_model_state_dict(self.model)}
@@ -226,10 +231,7 @@ class Checkpointer:
         if target.is_file():
             from perfkit.checkpoint.export import load_export
             exported = load_export(target)
-            fatal, _ = state.model_config_differences(exported["model_config"], self.model_config)
-            if fatal:
-                raise CheckpointError(f"export {target} was written for a different model config: "
-                                      + "; ".join(fatal))
+            self._check_model_config(target, exported["model_config"], strict=False)
             full = exported["state_dict"]
             expected = {k: tuple(v.shape) for k, v in get_model_state_dict(self.model).items()}
             diffs = state.shape_differences(expected, {k: tuple(v.shape) for k, v in full.items()})
@@ -238,7 +240,7 @@ class Checkpointer:
             set_model_state_dict(self.model, full, options=StateDictOptions(full_state_dict=True))
             return
         self._verify(target)
-        self._check_model_config(target)
+        self._check_model_config(target, strict=False)
         self._load_sharded(target, with_optimizer=False)
 
 
