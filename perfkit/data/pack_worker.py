@@ -14,7 +14,6 @@ pwrite()s its own tokens into the shared temporary output file: no single reader
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import traceback
@@ -54,27 +53,38 @@ class TokenOverflowError(ValueError):
     pass
 
 
+def ordinary_encoder(encoding):
+    """text -> token ids with encode_ordinary semantics (special-token text stays text).
+
+    tiktoken >= 0.8 can return a numpy buffer straight from Rust (encode_to_numpy with no special
+    token allowed or disallowed is exactly encode_ordinary), which skips building a Python int per
+    token; older versions get encode_ordinary's list."""
+    if hasattr(encoding, "encode_to_numpy"):
+        none: frozenset = frozenset()
+        to_numpy = encoding.encode_to_numpy
+        return lambda text: to_numpy(text, allowed_special=none, disallowed_special=none)
+    return lambda text: np.array(encoding.encode_ordinary(text), dtype=np.uint32)
+
+
 def tokenize_texts(texts: list[str], encode, eod_id: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, doc_tokens): every text's ids followed by eod_id, concatenated, in the token dtype.
 
+    encode: text -> (n,) uint32 ids (see ordinary_encoder).
     tokens: (sum(doc_tokens),) little-endian uint of `width` bytes; doc_tokens: (len(texts),) int64.
     """
-    lists = [encode(t) for t in texts]  # one call per document; the BPE itself is Rust
-    doc_tokens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)) + 1
-    total = int(doc_tokens.sum())
-    flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=total - len(lists))
+    eod = np.array([eod_id], dtype=np.uint32)
+    parts = []
+    for text in texts:  # one call per document; the BPE itself is Rust
+        parts.append(encode(text))
+        parts.append(eod)
+    doc_tokens = np.fromiter(map(len, parts[::2]), dtype=np.int64, count=len(texts)) + 1
+    ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
     limit = 1 << (8 * width)
-    if (flat.size and int(flat.max()) >= limit) or eod_id >= limit:
-        worst = max(int(flat.max()) if flat.size else 0, eod_id)
-        raise TokenOverflowError(f"token id {worst} does not fit the {width}-byte token width "
+    top = int(ids.max()) if ids.size else 0
+    if top >= limit:
+        raise TokenOverflowError(f"token id {top} does not fit the {width}-byte token width "
                                  f"(max {limit - 1}); use a wider --token-width")
-    tokens = np.empty(total, dtype=token_dtype(width))
-    eod_at = np.cumsum(doc_tokens) - 1
-    is_text = np.ones(total, dtype=bool)
-    is_text[eod_at] = False
-    tokens[is_text] = flat
-    tokens[eod_at] = eod_id
-    return tokens, doc_tokens
+    return ids.astype(token_dtype(width), copy=False), doc_tokens
 
 
 def read_entries_chunk(fd: int, offsets: np.ndarray, lengths: np.ndarray, file_size: int) -> LineChunk:
@@ -107,7 +117,7 @@ def worker_main(conn, job: PackJob, tokenizer=None) -> None:
     cid = -1
     try:
         tok = tokenizer or resolve_tokenizer(job.tokenizer)
-        encode = tok.encoding.encode_ordinary
+        encode = ordinary_encoder(tok.encoding)
         extractor = TextExtractor(job.key_path)
         src_fd = os.open(job.src, os.O_RDONLY)
         dst_fd = os.open(job.tmp_dst, os.O_WRONLY)

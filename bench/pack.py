@@ -1,0 +1,162 @@
+"""Benchmark: `perfkit pack` end to end vs tiktoken's own encode_ordinary_batch, same corpus, same cores.
+
+    python -m perfkit.bench.pack [--corpus FILE] [--workers N] [--repeat K] [--rounds R] [--json OUT.jsonl]
+
+Both sides run in their own fresh process, one after the other, so peak memory is measured per side:
+- tiktoken: the texts are read and JSON-decoded first (untimed), then only
+  `encode_ordinary_batch(texts, num_threads=N)` is timed: the tokenizer's ceiling.
+- perfkit pack: the real command (`python -m perfkit.cli pack`), timed from process start to exit
+  ("wall", includes interpreter start and tokenizer load) and by its own summary ("internal").
+Peak memory is the largest sum of PSS over the process tree (main + workers), sampled every 20 ms
+(PSS counts pages the forked workers share with the parent once). --repeat K concatenates the
+corpus K times into a temporary file: memory must stay flat as the corpus grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BASELINE = r"""
+import json, resource, sys, time
+import msgspec, tiktoken
+path, workers = sys.argv[1], int(sys.argv[2])
+enc = tiktoken.get_encoding("r50k_base")
+with open(path, "rb") as f:
+    texts = [msgspec.json.decode(line)["text"] for line in f if line.strip()]
+t0 = time.perf_counter()
+out = enc.encode_ordinary_batch(texts, num_threads=workers)
+dt = time.perf_counter() - t0
+print(json.dumps({"seconds": dt, "tokens": sum(map(len, out)), "docs": len(texts)}))
+"""
+
+
+def _tree_pss_kb(root: int) -> int:
+    """Sum of PSS (kB) of root and its descendants (VmRSS where smaps_rollup is missing)."""
+    parent_of = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parent_of[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent_of.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier += kids
+    total = 0
+    for pid in tree:
+        for name, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+            try:
+                for line in Path(name).read_text().splitlines():
+                    if line.startswith(key):
+                        total += int(line.split()[1])
+                        break
+                else:
+                    continue
+                break
+            except OSError:
+                continue
+    return total
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, peak tree PSS in bytes, stdout) of a command."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_pss_kb(proc.pid))
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"bench pack: {' '.join(cmd)} failed ({proc.returncode}):\n{err}")
+    return wall, peak * 1024, out
+
+
+def measure(corpus: Path, workers: int, rounds: int) -> dict:
+    base_best = pack_best = None
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp) / "bench.pbin"
+        for _ in range(rounds):  # alternate the two sides; keep each side's best round
+            wall, peak, out = run_measured([sys.executable, "-c", BASELINE, str(corpus), str(workers)])
+            b = json.loads(out)
+            b.update(wall=wall, peak_bytes=peak)
+            if base_best is None or b["seconds"] < base_best["seconds"]:
+                base_best = b
+            wall, peak, out = run_measured([sys.executable, "-m", "perfkit.cli", "pack", str(corpus), "-o", str(dst),
+                                            "--tokenizer", "gpt2", "--workers", str(workers), "--force",
+                                            "--no-progress"])
+            m = re.search(r"packed ([\d,]+) documents, ([\d,]+) tokens.* in ([\d.]+) s", out)
+            p = {"wall": wall, "peak_bytes": peak, "docs": int(m.group(1).replace(",", "")),
+                 "tokens_with_eod": int(m.group(2).replace(",", "")), "internal_seconds": float(m.group(3))}
+            if pack_best is None or p["wall"] < pack_best["wall"]:
+                pack_best = p
+    return {"baseline": base_best, "pack": pack_best}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from perfkit.data.pack import default_workers
+
+    ap = argparse.ArgumentParser(prog="python -m perfkit.bench.pack", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", type=Path, default=Path("data/raw/shakespeare_train.jsonl"))
+    ap.add_argument("--workers", type=int, default=default_workers())
+    ap.add_argument("--repeat", type=int, default=1, help="concatenate the corpus this many times")
+    ap.add_argument("--rounds", type=int, default=2, help="runs per side; the best is reported")
+    ap.add_argument("--json", type=Path, help="append one JSON line with the results to this file")
+    args = ap.parse_args(argv)
+    if not args.corpus.is_file():
+        print(f"bench pack: {args.corpus}: no such file (run `perfkit fetch`)", file=sys.stderr)
+        return 1
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = args.corpus
+        if args.repeat > 1:
+            corpus = Path(tmp) / f"{args.corpus.stem}_x{args.repeat}.jsonl"
+            data = args.corpus.read_bytes()
+            with open(corpus, "wb") as f:
+                for _ in range(args.repeat):
+                    f.write(data)
+        size = corpus.stat().st_size
+        r = measure(corpus, args.workers, args.rounds)
+
+    b, p = r["baseline"], r["pack"]
+    mb = size / 1e6
+    tok = b["tokens"]  # text tokens; pack also writes one EOD per document
+    rows = [
+        ("tiktoken encode_ordinary_batch", b["seconds"], b["peak_bytes"], "encode only; texts pre-decoded"),
+        ("perfkit pack, internal", p["internal_seconds"], p["peak_bytes"], "read+decode+tokenize+write"),
+        ("perfkit pack, process wall", p["wall"], p["peak_bytes"], "+ interpreter start, tokenizer load"),
+    ]
+    print(f"corpus {args.corpus} x{args.repeat}: {mb:,.1f} MB, {b['docs']:,} docs, {tok:,} tokens; "
+          f"workers {args.workers}; {os.cpu_count()} CPUs ({platform.machine()}, {platform.processor() or 'cpu'})")
+    print(f"{'':32} {'seconds':>8} {'Mtok/s':>8} {'MB/s':>7} {'peak MB':>8}")
+    for name, secs, peak, note in rows:
+        print(f"{name:32} {secs:8.2f} {tok / secs / 1e6:8.2f} {mb / secs:7.1f} {peak / 1e6:8.0f}   {note}")
+    ratio_internal, ratio_wall = b["seconds"] / p["internal_seconds"], b["seconds"] / p["wall"]
+    print(f"pack throughput / tiktoken throughput: {ratio_internal:.2f} (internal), {ratio_wall:.2f} (wall)")
+    if args.json:
+        rec = {"bench": "pack", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "corpus": str(args.corpus), "repeat": args.repeat, "bytes": size, "workers": args.workers,
+               "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+               "baseline": b, "pack": p, "ratio_internal": ratio_internal, "ratio_wall": ratio_wall}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
