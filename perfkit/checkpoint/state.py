@@ -20,7 +20,7 @@ RUNTIME_ONLY_MODEL_FIELDS = frozenset({"kernels", "dropout"})
 
 
 def capture_rng() -> dict[str, Any]:
-    """This process's RNG states: torch CPU, every CUDA device, python `random`, numpy's global one."""
+    """This process's RNG states: torch CPU, its current CUDA device, python `random`, numpy's global one."""
     py_version, py_state, py_gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
     state = {
@@ -30,7 +30,8 @@ def capture_rng() -> dict[str, Any]:
                   int(np_has_gauss), float(np_gauss)],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+        # this rank's own device only: touching the other GPUs of the node would be wasted work
+        state["torch_cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -42,10 +43,7 @@ def restore_rng(state: dict[str, Any]) -> None:
     np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
     cuda = state.get("torch_cuda")
     if cuda is not None and torch.cuda.is_available():
-        # a resume on fewer GPUs per process restores the devices it has
-        n = min(len(cuda), torch.cuda.device_count())
-        for i in range(n):
-            torch.cuda.set_rng_state(cuda[i], i)
+        torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
 
 
 def progress_state(progress: Any) -> dict[str, Any]:
