@@ -27,7 +27,7 @@ from perfkit.data.tokenizer import (DEFAULT_EOD, TokenizerError, TokenizerSpec, 
                                     resolve_tokenizer)
 
 MIN_CHUNK = 64 << 10
-MAX_CHUNK = 2 << 20       # bounds one chunk's text + token lists (~10x its size in Python objects)
+MAX_CHUNK = 1 << 20       # bounds in-flight memory: one chunk holds ~3x its size (bytes, str, ids)
 CHUNKS_PER_WORKER = 8     # enough chunks that a slow one does not idle the others at the end
 
 
