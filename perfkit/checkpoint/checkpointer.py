@@ -28,8 +28,10 @@ and the commit protocol.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +101,9 @@ class Checkpointer:
             if self.config is not None:
                 (partial / CONFIG_JSON).write_text(json.dumps(_jsonable(self.config), indent=1, sort_keys=True))
 
-        dcp.save(self._sharded_state(), checkpoint_id=str(partial), process_group=self.group,
-                 no_dist=not _distributed())
+        with _quiet_single_process():
+            dcp.save(self._sharded_state(), checkpoint_id=str(partial), process_group=self.group,
+                     no_dist=not _distributed())
         # dcp.save returns once every rank's shards and the coordinator's .metadata are written,
         # so every file is in place now; ranks split the checksumming.
         names = layout.data_files(partial)
@@ -208,7 +211,8 @@ class Checkpointer:
         want = self._sharded_state() if with_optimizer else {"model": get_model_state_dict(self.model)}
         self._check_shapes(target, want["model"])
         try:
-            dcp.load(want, checkpoint_id=str(target), process_group=self.group, no_dist=not _distributed())
+            with _quiet_single_process():
+                dcp.load(want, checkpoint_id=str(target), process_group=self.group, no_dist=not _distributed())
         except Exception as e:  # DCP raises CheckpointException and friends with per-rank details
             raise CheckpointError(f"loading {target} failed: {e}") from e
         if with_optimizer:
@@ -304,6 +308,14 @@ def _agree(decide, group):
     if kind == "error":
         raise CheckpointError(value)
     return value
+
+
+@contextlib.contextmanager
+def _quiet_single_process():
+    # DCP warns when no process group exists; a one-process run without one is intended
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _log(rank: int, msg: str) -> None:

@@ -68,10 +68,15 @@ def main(argv: list[str]) -> int:
     prompt = enc.encode_ordinary(args.prompt)
     if not prompt:
         parser.error("--prompt encodes to no tokens")
-    eot = enc.eot_token if enc.eot_token < enc.n_vocab else None
+    model_vocab = model.cfg.vocab_size  # the real vocabulary; logits beyond it are padding
+    if max(prompt) >= model_vocab:
+        print(f"perfkit generate: the prompt has token id {max(prompt)} but the model's vocab_size is "
+              f"{model_vocab}: was it trained with another tokenizer than {args.tokenizer!r}?", file=sys.stderr)
+        return 1
+    eot = enc.eot_token if enc.eot_token < model_vocab else None
     gen = torch.Generator().manual_seed(args.seed)
     new = generate(model, prompt, args.max_new_tokens, top_k=args.top_k, temperature=args.temperature,
-                   vocab_limit=enc.n_vocab, stop_id=eot, generator=gen)
+                   vocab_limit=min(enc.n_vocab, model_vocab), stop_id=eot, generator=gen)
     text = enc.decode([t for t in new if t != eot])
     print(f"[step {info['step']}, {'greedy' if not args.top_k else f'top-{args.top_k}'}]", file=sys.stderr)
     print(args.prompt + text)
