@@ -63,11 +63,14 @@ class PackFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 def load_pack_config(path: str | Path) -> PackFile:
     """Parse and validate; errors name the file and the key (`at $.settings.num_cpus`)."""
+    path = Path(path)
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    path = Path(path)
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError(f"{path}: reading TOML on Python 3.10 needs `pip install tomli`") from None
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
