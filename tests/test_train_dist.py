@@ -49,10 +49,12 @@ def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path):
 def test_bad_input_stops_every_rank_without_hanging(tmp_path):
     train, val = make_dataset(tmp_path / "data", train_docs=8, val_docs=2)
     base = tiny_overrides(tmp_path, train, val)
+    # Every rank checks on its own before any collective; torchrun stops the other workers as soon
+    # as one exits non-zero, so one or both messages appear, and the launch ends (no hang).
     proc = torchrun(base + ["--training.max_step=3"], timeout=120)
     assert proc.returncode != 0
-    assert proc.stderr.count("did you mean `max_steps`") == 2  # both ranks say why
+    assert "did you mean `max_steps`" in proc.stderr
     proc = torchrun(base + ["--training.global_batch_size=9", "--training.micro_batch_size=2"], timeout=120)
     assert proc.returncode != 0
-    assert proc.stderr.count("global_batch_size (9) is not divisible") == 2
+    assert "global_batch_size (9) is not divisible by" in proc.stderr
     assert not (tmp_path / "runs").exists()
