@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import resource
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +123,3 @@ class MetricsLogger:
             self._jsonl.close()
             self._jsonl = None
 
-
-def print_main(enabled: bool, *args) -> None:
-    if enabled:
-        print(*args, file=sys.stdout, flush=True)

@@ -75,7 +75,6 @@ def train(parts: TrainParts, plan: Plan, cfg: TrainingConfig, env: Env, metrics:
     """Train until plan.max_steps; returns the process exit code (0, or the preemption code)."""
     progress, loader = parts.progress, parts.loader
     last_time, last_wait, last_tokens = time.perf_counter(), loader.time_waiting_s, progress.tokens_seen
-    lr = parts.optimizer.param_groups[0]["lr"]
 
     while progress.step < plan.max_steps:
         lr = parts.optimizer.param_groups[0]["lr"]  # the lr this step uses (a Python float: no sync)

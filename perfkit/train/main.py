@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from perfkit.train import setup  # imports torch; kept out of `--help` and config errors
 
     try:
-        env = setup.read_env_checked(cfg)
+        env = setup.distributed.read_env(cfg.run)
         plan = setup.make_run_plan(cfg, env)
         if args.dry_run:
             print(json.dumps(resolved_config(cfg, plan), indent=2))
@@ -71,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     except setup.SETUP_ERRORS as e:
         print(f"perfkit train: {e}", file=sys.stderr)
         return 1 if not isinstance(e, ConfigError) else 2
+    from perfkit.train.faults import NonFiniteError
+
     try:
         return setup.run(cfg, env, plan, resolved_config(cfg, plan))
-    except setup.SETUP_ERRORS as e:  # errors found after the process group exists (e.g. checkpoint)
+    except (NonFiniteError, *setup.SETUP_ERRORS) as e:  # found after the process group exists
         print(f"perfkit train: rank {env.rank}: {e}", file=sys.stderr)
         return 1
     except Exception:

@@ -1,6 +1,6 @@
 """Building a run from its config: checks that need no process group, then the parts, then the loop.
 
-Every check in `read_env_checked`, `make_run_plan` and `check_data` runs on every rank on its own
+Every check in `distributed.read_env`, `make_run_plan` and `check_data` runs on every rank on its own
 (the files are the same for all), so bad input stops all ranks with the same message before any
 collective; nothing waits for a rank that already exited.
 """
@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from perfkit.config import Config, ConfigError
-from perfkit.data import steps
 from perfkit.data.pbin import read_pbin
 from perfkit.data.windows import num_windows, pbin_paths
 from perfkit.train import distributed
@@ -23,11 +22,6 @@ from perfkit.train.plan import Plan, make_plan
 
 # Errors that mean "bad input": reported in one line, without a traceback.
 SETUP_ERRORS = (ConfigError, ValueError, FileNotFoundError)
-
-
-def read_env_checked(cfg: Config) -> Env:
-    env = distributed.read_env(cfg.run)
-    return env
 
 
 def make_run_plan(cfg: Config, env: Env) -> Plan:
