@@ -32,8 +32,9 @@ def records(run_dir: Path, kind: str = "train") -> list[dict]:
 
 
 def test_loss_falls_and_monitoring_is_written(tmp_path):
+    # init_device = "meta": the production path (meta construction -> fully_shard -> to_empty -> init)
     rc, run_dir = run_main(tmp_path, "falls", **{"training.max_steps": 40, "metrics.log_every": 10,
-                                                  "training.eval_every": 20})
+                                                  "training.eval_every": 20, "parallel.init_device": "meta"})
     assert rc == 0
     train = records(run_dir)
     assert [r["step"] for r in train] == [10, 20, 30, 40]
