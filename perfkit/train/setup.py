@@ -31,7 +31,11 @@ def make_run_plan(cfg: Config, env: Env) -> Plan:
     if not cfg.data.train:
         raise ValueError("$.data.train is empty: list at least one .pbin file "
                          "(`perfkit demo` writes data/preprocessed/shakespeare_train.pbin)")
-    paths = pbin_paths(cfg.data.train, "$.data.train")
+    try:
+        paths = pbin_paths(cfg.data.train, "$.data.train")
+    except ValueError as e:
+        demo = any("shakespeare_" in p for p in cfg.data.train)
+        raise ValueError(f"{e}{' (`perfkit demo` writes the demo data)' if demo else ''}") from None
     seq = cfg.model.sequence_length
     samples = sum(num_windows(read_pbin(p).num_tokens, seq, cfg.data.reuse_last_target) for p in paths)
     return make_plan(cfg, env.world_size, samples, flops_per_token=flops_per_token(cfg.model),
