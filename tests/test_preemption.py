@@ -129,7 +129,11 @@ def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path, pbin, straight,
     r = run_trainer(args, inject=("--kill-at", f"4:{where}"), expect=None)
     assert r.returncode == -signal.SIGKILL
     assert latest_checkpoint(tmp_path / "k").name == "step_00000002"
-    assert (tmp_path / "k" / "checkpoints" / "step_00000004.partial").exists()
+    partial = tmp_path / "k" / "checkpoints" / "step_00000004.partial"
+    names = {p.name for p in partial.iterdir()}
+    assert {"shards": "__0_0.distcp" in names and ".metadata" not in names,
+            "manifest": "manifest.json" in names and "COMPLETE" not in names,
+            "marker": "COMPLETE" in names}[where], names  # the kill hit the moment it names
     run_trainer(trainer_args(tmp_path, "k", pbin, "--checkpoint.every_steps=2", "--checkpoint.resume=auto"))
     resumed = logged(tmp_path / "k")  # steps 3.. were logged again by the resumed run
     assert resumed == straight

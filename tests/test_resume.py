@@ -104,7 +104,7 @@ def _driver(argv: list[str]) -> int:
 
     --nan-at K: the loss of optimizer step K (every rank) becomes NaN.
     --kill-at K:WHERE: SIGKILL this process while saving step K, WHERE in
-        shards (after DCP wrote the shards, while checksumming), manifest (manifest written, no
+        shards (DCP wrote the shard data, not its .metadata), manifest (manifest written, no
         marker), marker (marker written, folder not yet renamed).
     """
     import signal
@@ -147,8 +147,17 @@ def _driver(argv: list[str]) -> int:
             setattr(module, name, patched)
 
         tag = f"step_{step:08d}"
-        if where == "shards":
-            wrap(layout, "file_crc32", lambda p, *r: tag in str(p))
+        if where == "shards":  # DCP has written this rank's shard, not yet its .metadata
+            import torch.distributed.checkpoint as dcp
+            real_write = dcp.FileSystemWriter.write_data
+
+            def write_then_die(self, *a, **k):
+                out = real_write(self, *a, **k)
+                if tag in str(self.path):
+                    out.wait()
+                    die()
+                return out
+            dcp.FileSystemWriter.write_data = write_then_die
         elif where == "manifest":
             wrap(layout, "_write_synced", lambda p, *r: tag in str(p) and p.name == layout.MARKER)
         elif where == "marker":
