@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# bench/device_check.sh OUTDIR - the one prepared GPU check of perfkit (issue 7).
+#
+# Run from the repository root on a CUDA machine with torch >= 2.11 and triton >= 3.6 already
+# installed and no network. In well under 8 minutes it runs, in this order (the headline first, so
+# a slow step late in the list cannot cost it):
+#   env        nvidia-smi, versions, git commit                       -> OUTDIR/env.txt
+#   install    perfkit importable as perfkit.kernels / perfkit.bench (pip -e, else a symlink shim);
+#              msgspec from .whl/*.whl when the image lacks it (carry .whl with the call)
+#   train      perfkit bench configs/gpt2.toml --synthetic --compare kernels   -> OUTDIR/train.jsonl
+#   profile    perfkit bench configs/gpt2.toml --synthetic --profile           -> OUTDIR/train.jsonl,
+#              the rank-0 Chrome trace gzipped to OUTDIR/trace_rank0.json.gz when it is small enough
+#   kernels    python -m perfkit.bench.kernels at the model's shapes           -> OUTDIR/kernels.jsonl
+#   loader     python -m perfkit.bench.loader                                  -> OUTDIR/loader.jsonl
+#   gpu-tests  pytest -m gpu
+# Every step has its own timeout and all share one deadline (BUDGET_S, default 450 s); a step that
+# fails or times out is recorded with its exit code and the next one runs. All output goes to
+# OUTDIR/steps.log; OUTDIR/summary.md gets the step table and the numbers (bench/device_summary.py).
+# At most 7 files, none in subfolders. Exit code: 0 when every step returned 0, else 1.
+# For a dry run of the script itself on a CPU box (tests/test_bench_device_check.py):
+#   DEVICE_CHECK_CONFIG=configs/cpu_debug.toml DEVICE_CHECK_EXTRA='--model.vocab_size=256'
+#   DEVICE_CHECK_SKIP_INSTALL=1 (use the perfkit already importable) bench/device_check.sh OUTDIR
+set -u
+set -o pipefail
+
+OUT=${1:?usage: bench/device_check.sh OUTDIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+REPO=$(pwd)
+PY=${PYTHON:-python3}
+LOG="$OUT/steps.log"
+STEPS=$(mktemp /tmp/perfkit_steps.XXXXXX)   # name, rc, seconds, command - kept out of OUTDIR
+RUNS=/tmp/perfkit_bench_runs                 # run folders (traces) stay on the machine
+BUDGET_S=${BUDGET_S:-450}
+DEADLINE=$(( $(date +%s) + BUDGET_S ))
+RESERVE_S=20                                 # kept for the summary at the end
+FAILED=0
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+: >"$LOG"
+
+note() { echo "$*" | tee -a "$LOG"; }
+
+record() {  # record NAME RC SECONDS COMMAND...
+    local name=$1 rc=$2 secs=$3
+    shift 3
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$secs" "$*" >>"$STEPS"
+    [ "$rc" = 0 ] || FAILED=1
+}
+
+step() {  # step NAME CAP_SECONDS COMMAND... : run with min(cap, time left) as its timeout
+    local name=$1 cap=$2
+    shift 2
+    local left=$(( DEADLINE - RESERVE_S - $(date +%s) ))
+    local limit=$(( cap < left ? cap : left ))
+    if [ "$limit" -lt 30 ]; then
+        note "=== $name: skipped, ${left}s left of the ${BUDGET_S}s budget"
+        record "$name" skipped 0 "$@"
+        return
+    fi
+    note "=== $name (timeout ${limit}s): $*"
+    local t0 rc
+    t0=$(date +%s)
+    timeout --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    note "=== $name: rc=$rc in $(( $(date +%s) - t0 ))s$([ "$rc" = 124 ] && echo ' (timed out)')"
+    record "$name" "$rc" "$(( $(date +%s) - t0 ))" "$@"
+}
+
+# ---- env: the machine and the software, first -------------------------------------------------
+{
+    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), $(nproc) CPUs, $(uname -srm)"
+    timeout 30 nvidia-smi
+    timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem,power.limit \
+        --format=csv
+    timeout 60 "$PY" -c "import sys, torch; print('python', sys.version.split()[0]); print('torch', torch.__version__, \
+'cuda', torch.version.cuda, 'available', torch.cuda.is_available()); import triton; print('triton', triton.__version__)"
+    echo "git $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+    git status --short --untracked-files=no 2>/dev/null | head -20
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt" | tee -a "$LOG"
+
+# ---- install: perfkit.kernels and perfkit.bench only resolve through the package-dir mapping ------
+t0=$(date +%s)
+install_rc=0
+if [ "${DEVICE_CHECK_SKIP_INSTALL:-0}" = 1 ]; then
+    note "install skipped (DEVICE_CHECK_SKIP_INSTALL=1)"
+elif ! "$PY" -c "import msgspec" 2>/dev/null; then
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/perfkit_site .whl/*.whl 2>&1 | tee -a "$LOG" || install_rc=1
+        export PYTHONPATH=/tmp/perfkit_site${PYTHONPATH:+:$PYTHONPATH}
+    else
+        note "msgspec is not installed and .whl/ holds no wheel for it: perfkit.config cannot load"
+        install_rc=1
+    fi
+fi
+if [ "${DEVICE_CHECK_SKIP_INSTALL:-0}" = 1 ]; then
+    :
+elif ! timeout 180 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tee -a "$LOG"; then
+    # the same layout as the mapping, made of links: perfkit/* plus kernels/ and bench/ inside it
+    note "pip install -e . failed; importing through a symlink shim instead"
+    rm -rf /tmp/perfkit_shim && mkdir -p /tmp/perfkit_shim/perfkit
+    for f in "$REPO"/perfkit/*; do ln -s "$f" /tmp/perfkit_shim/perfkit/; done
+    ln -s "$REPO/kernels" /tmp/perfkit_shim/perfkit/kernels
+    ln -s "$REPO/bench" /tmp/perfkit_shim/perfkit/bench
+    export PYTHONPATH=/tmp/perfkit_shim${PYTHONPATH:+:$PYTHONPATH}
+fi
+timeout 120 "$PY" -c "import perfkit.config, perfkit.kernels, perfkit.bench.train, perfkit.bench.kernels; \
+print('perfkit imports from', perfkit.__file__)" 2>&1 | tee -a "$LOG" || install_rc=1
+if [ "${DEVICE_CHECK_SKIP_INSTALL:-0}" = 1 ]; then install_cmd="(skipped: DEVICE_CHECK_SKIP_INSTALL=1)"
+else install_cmd="pip install --no-deps --no-build-isolation -e ."; fi
+record install "$install_rc" "$(( $(date +%s) - t0 ))" "$install_cmd"
+
+# ---- benchmarks and tests -----------------------------------------------------------------------
+CONFIG=${DEVICE_CHECK_CONFIG:-configs/gpt2.toml}
+read -r -a EXTRA <<<"${DEVICE_CHECK_EXTRA:-}"
+BENCH=("$PY" -m perfkit.cli bench "$CONFIG" --synthetic --json "$OUT/train.jsonl" --run.root="$RUNS" "${EXTRA[@]}")
+step train 240 "${BENCH[@]}" --steps 15 --warmup 4 --compare kernels
+step profile 150 "${BENCH[@]}" --steps 5 --warmup 3 --profile --profile-steps 2
+
+trace=$(ls -t "$RUNS"/bench_*/trace_*_rank0.json 2>/dev/null | head -1)
+if [ -n "$trace" ]; then
+    gzip -c "$trace" >"$OUT/trace_rank0.json.gz"
+    if [ "$(stat -c %s "$OUT/trace_rank0.json.gz")" -gt $(( 12 * 1024 * 1024 )) ]; then
+        note "trace $trace is too large to bring back gzipped; left on the machine"
+        rm -f "$OUT/trace_rank0.json.gz"
+    else
+        note "trace $trace -> $OUT/trace_rank0.json.gz"
+    fi
+fi
+
+step kernels 120 "$PY" -m perfkit.bench.kernels --rows 16384 --hidden 768 2048 --json "$OUT/kernels.jsonl"
+step loader 60 "$PY" -m perfkit.bench.loader --batch 16 --seconds 1 --wait-steps 100 --json "$OUT/loader.jsonl"
+pytest_args=(-m gpu -q -rs -p no:cacheprovider)
+"$PY" -c "import pytest_timeout" 2>/dev/null && pytest_args+=(--timeout 120)
+step gpu-tests 200 "$PY" -m pytest "${pytest_args[@]}"
+
+# ---- summary ------------------------------------------------------------------------------------
+timeout 60 "$PY" bench/device_summary.py "$OUT" "$STEPS" 2>&1 | tee -a "$LOG" || {
+    { echo "# perfkit device check"; echo; echo "summary writer failed; steps:"; sed 's/^/    /' "$STEPS"; } \
+        >"$OUT/summary.md"
+}
+rm -f "$STEPS"
+note "=== done: $(ls "$OUT" | tr '\n' ' ')"
+exit "$FAILED"
