@@ -153,3 +153,14 @@ def test_summary_line_reports_counts(write_jsonl, tmp_path, capsys):
     n_tok = read_pbin(tmp_path / "s.pbin").num_tokens
     assert f"packed {len(TRICKY)} documents, {n_tok:,} tokens, {2 * n_tok:,} bytes" in out
     assert "skipped 0 lines" in out
+
+
+def test_spawned_workers_resolve_their_own_tokenizer(write_jsonl, tmp_path, monkeypatch):
+    # macOS/Windows start workers with spawn: nothing is inherited, the job must be enough.
+    import multiprocessing as mp
+    from perfkit.data import pack_pipeline
+    monkeypatch.setattr(pack_pipeline, "_mp_context", lambda: mp.get_context("spawn"))
+    src = write_jsonl(TRICKY * 3)
+    dst = tmp_path / "spawn.pbin"
+    assert run_pack(src, dst, "--workers", "2", "--chunk-mb", "0.01") == 0
+    assert dst.read_bytes() == reference_pbin(src)
