@@ -216,21 +216,26 @@ def _parse_canonical(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     b[:n] = np.frombuffer(body, dtype=np.uint8)
     del body
     u16 = _sliding(b, "<u2")
+    # Positions as int32 when they fit (any index under ~200M documents): half the memory.
+    pos_t = np.int32 if n + _PAD < 2**31 else np.int64
+    op_len = _OP_LEN.astype(pos_t)
 
     # Candidate tuple starts: lo, and right after every TUPLE2 MEMOIZE byte pair (skipping an
     # 'e(' batch break). A pair inside an int payload gives a false candidate; the walk below
     # steps over those, so the parse is exactly the deterministic left-to-right one.
-    pair_end = np.flatnonzero(u16[lo:hi - 1] == _TUPLE2 | _MEMOIZE << 8) + (lo + 2)
+    pair_end = np.flatnonzero(u16[lo:hi - 1] == _TUPLE2 | _MEMOIZE << 8).astype(pos_t) + pos_t(lo + 2)
     batch_break = _APPENDS | _MARK << 8
-    starts = np.empty(pair_end.shape[0] + 1, dtype=np.int64)
+    starts = np.empty(pair_end.shape[0] + 1, dtype=pos_t)
     starts[0] = lo
-    starts[1:] = pair_end + 2 * (u16[pair_end] == batch_break) if batched else pair_end
+    starts[1:] = pair_end + pos_t(2) * (u16[pair_end] == batch_break) if batched else pair_end
+    del pair_end
     if batched:  # a pair ending exactly at hi closes the list, so it starts nothing
         starts = starts[starts < hi] if starts[-1] >= hi else starts
 
     def int_len(p):  # (k,) byte lengths of the int opcodes at p (0: not an int opcode)
         op_n = u16[p]
-        return _OP_LEN[op_n & 0xFF] + np.where((op_n & 0xFF) == _LONG1, op_n >> 8, 0)
+        op = op_n & 0xFF
+        return op_len[op] + np.where(op == _LONG1, op_n >> 8, 0).astype(pos_t)
 
     len_a = int_len(starts)
     t = starts + len_a
@@ -238,7 +243,7 @@ def _parse_canonical(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     end = t + 2
     valid = (len_a > 0) & (t > starts + len_a) & (u16[t] == _TUPLE2 | _MEMOIZE << 8) & (end <= hi)
     terminal = valid & (end == hi)
-    nxt = end + 2 * (u16[end] == batch_break) if batched else end
+    nxt = end + pos_t(2) * (u16[end] == batch_break) if batched else end
     del end, t
     # The common case needs no search: the next start is simply the next candidate.
     good = valid & ~terminal
