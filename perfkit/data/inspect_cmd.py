@@ -52,9 +52,9 @@ def integrity_problems(pb: PbinFile, eod_id: int | None, n_vocab: int | None) ->
     return problems
 
 
-def describe(pb: PbinFile, tokenizer=None, doc: int = 0) -> dict:
+def describe(pb: PbinFile, tokenizer=None, doc: int = 0, eod_token: str = DEFAULT_EOD) -> dict:
     tok_lens = pb.doc_lengths // pb.token_width
-    eod_id = tokenizer.token_id(DEFAULT_EOD) if tokenizer is not None else None
+    eod_id = tokenizer.token_id(eod_token) if tokenizer is not None else None
     report = {
         "path": str(pb.path),
         "header": {"data_bytes": pb.data_len, "token_width": pb.token_width},
@@ -110,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file", help=".pbin file (perfkit's or Modalities')")
     p.add_argument("--tokenizer", help="decode with it and check EOD / vocabulary (gpt2, cl100k_base, path)")
     p.add_argument("--doc", type=int, default=0, help="document to show (default 0; negative counts from the end)")
+    p.add_argument("--eod-token", default=DEFAULT_EOD, help="with --tokenizer: the token every document must end with")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--windows", help="see `perfkit inspect FILE --windows S --help`")
     args = p.parse_args(argv)
     try:
         tokenizer = resolve_tokenizer(TokenizerSpec(args.tokenizer)) if args.tokenizer else None
-        report = describe(read_pbin(args.file), tokenizer, args.doc)
+        report = describe(read_pbin(args.file), tokenizer, args.doc, args.eod_token)
     except (PbinError, TokenizerError, IndexError) as e:
         if args.json:
             print(json.dumps({"path": args.file, "verdict": "broken", "problems": [str(e)]}))

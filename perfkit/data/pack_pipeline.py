@@ -88,7 +88,9 @@ class _Progress:
         eta = (self.total - st.bytes_in) / rate if rate > 0 else float("nan")
         msg = (f"pack: {st.documents:,} docs  {st.bytes_in / 1e6:,.1f}/{self.total / 1e6:,.1f} MB  "
                f"{rate / 1e6:,.1f} MB/s  {st.tokens / dt / 1e6:,.2f}M tok/s  ETA {eta:,.0f}s")
-        print(("\r" + msg) if self.tty else msg, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        # On a terminal one line is rewritten in place (padded so a shorter line leaves no residue).
+        print(("\r" + msg.ljust(100)) if self.tty else msg, end="" if self.tty else "\n", file=sys.stderr,
+              flush=True)
 
     def done(self) -> None:
         if self.tty:
