@@ -4,7 +4,9 @@
 
 Both sides run in their own fresh process, one after the other, so peak memory is measured per side:
 - tiktoken: the texts are read and JSON-decoded first (untimed), then only
-  `encode_ordinary_batch(texts, num_threads=N)` is timed: the tokenizer's ceiling.
+  `encode_ordinary_batch(texts, num_threads=N)` is timed, and separately `encode_ordinary` over
+  the same texts split across N forked processes (started before the clock): the tokenizer's
+  ceiling on N cores, whether or not its threads scale.
 - perfkit pack: the real command (`python -m perfkit.cli pack`), timed from process start to exit
   ("wall", includes interpreter start and tokenizer load) and by its own summary ("internal").
 Peak memory is the largest sum of PSS over the process tree (main + workers), sampled every 20 ms
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 BASELINE = r"""
-import json, resource, sys, time
+import json, multiprocessing as mp, sys, time
 import msgspec, tiktoken
 path, workers = sys.argv[1], int(sys.argv[2])
 enc = tiktoken.get_encoding("r50k_base")
@@ -36,7 +38,19 @@ with open(path, "rb") as f:
 t0, c0 = time.perf_counter(), time.process_time()
 out = enc.encode_ordinary_batch(texts, num_threads=workers)
 dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "tokens": sum(map(len, out)), "docs": len(texts)}))
+tokens = sum(map(len, out))
+del out
+
+def share(i):  # forked: inherits texts and enc
+    return sum(len(enc.encode_ordinary(t)) for t in texts[i::workers])
+
+with mp.get_context("fork").Pool(workers) as pool:
+    pool.map(abs, range(workers))  # workers up before the clock starts
+    t0 = time.perf_counter()
+    assert sum(pool.map(share, range(workers))) == tokens
+    dt_procs = time.perf_counter() - t0
+print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "procs_seconds": dt_procs, "tokens": tokens,
+                  "docs": len(texts)}))
 """
 
 
@@ -144,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     tok = b["tokens"]  # text tokens; pack also writes one EOD per document
     rows = [
         ("tiktoken encode_ordinary_batch", b["seconds"], b["peak_bytes"], "encode only; texts pre-decoded"),
+        (f"tiktoken encode_ordinary x{args.workers} procs", b["procs_seconds"], b["peak_bytes"],
+         "encode only; texts pre-decoded and pre-split"),
         ("perfkit pack, internal", p["internal_seconds"], p["peak_bytes"], "read+decode+tokenize+write"),
         ("perfkit pack, process wall", p["wall"], p["peak_bytes"], "+ interpreter start, tokenizer load"),
     ]
@@ -153,14 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, secs, peak, note in rows:
         print(f"{name:32} {secs:8.2f} {tok / secs / 1e6:8.2f} {mb / secs:7.1f} {peak / 1e6:8.0f}   {note}")
     ratio_internal, ratio_wall = b["seconds"] / p["internal_seconds"], b["seconds"] / p["wall"]
-    print(f"pack throughput / tiktoken throughput: {ratio_internal:.2f} (internal), {ratio_wall:.2f} (wall)")
+    procs_internal, procs_wall = b["procs_seconds"] / p["internal_seconds"], b["procs_seconds"] / p["wall"]
+    print(f"pack throughput / encode_ordinary_batch throughput: {ratio_internal:.2f} (internal), "
+          f"{ratio_wall:.2f} (wall)")
+    print(f"pack throughput / {args.workers}-process encode_ordinary throughput: {procs_internal:.2f} (internal), "
+          f"{procs_wall:.2f} (wall)")
     print(f"CPU seconds: tiktoken encode {b['cpu_seconds']:.2f} (whole process {b['process_cpu_seconds']:.2f}); "
           f"pack whole process tree {p['process_cpu_seconds']:.2f}")
     if args.json:
         rec = {"bench": "pack", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "corpus": str(args.corpus), "repeat": args.repeat, "bytes": size, "workers": args.workers,
                "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-               "baseline": b, "pack": p, "ratio_internal": ratio_internal, "ratio_wall": ratio_wall}
+               "baseline": b, "pack": p, "ratio_internal": ratio_internal, "ratio_wall": ratio_wall,
+               "ratio_procs_internal": procs_internal, "ratio_procs_wall": procs_wall}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "a") as f:
             f.write(json.dumps(rec) + "\n")
