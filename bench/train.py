@@ -25,6 +25,7 @@ import argparse
 import gc
 import sys
 import time
+import traceback
 from pathlib import Path
 
 DEFAULT_CONFIG = "configs/gpt2.toml"
@@ -167,16 +168,26 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(first.run.root) / distributed.broadcast_object(
                 time.strftime("bench_%Y-%m-%d__%H-%M-%S", time.gmtime()))
             run_dir.mkdir(parents=True, exist_ok=True)
-        records = []
-        for i, (name, cfg) in enumerate(configs):
-            records.append(run_variant(args, cfg, env, env_info, peak, run_dir, name, show_header=i == 0))
-        if env.is_main:
+        records, failed = [], []
+        for name, cfg in configs:
+            try:
+                records.append(run_variant(args, cfg, env, env_info, peak, run_dir, name, show_header=not records))
+            except Exception as e:
+                if not args.compare:
+                    raise
+                # one variant failing (out of memory, a kernel that does not build) must not cost the
+                # numbers of the others in a one-shot device run; the exit code still says it failed
+                failed.append(name)
+                print(f"perfkit bench train: rank {env.rank}: variant {name} failed: {type(e).__name__}: {e}",
+                      file=sys.stderr)
+                traceback.print_exc()
+        if env.is_main and records:
             if args.compare:
                 from perfkit.bench.train_report import compare_table
-                print(compare_table(records, args.compare))
+                print(compare_table(records, args.compare) + (f"\nfailed: {', '.join(failed)}" if failed else ""))
             path = append_jsonl(args.json, records)
             print(f"perfkit bench train: appended {len(records)} record(s) to {path}", flush=True)
-        return 0
+        return 1 if failed else 0
     except (NonFiniteError, *setup.SETUP_ERRORS) as e:
         print(f"perfkit bench train: rank {env.rank}: {e}", file=sys.stderr)
         return 1

@@ -137,3 +137,21 @@ def test_torchrun_two_ranks_time_per_rank_and_rank0_records(tmp_path):
     assert r["world_size"] == 2 and r["tokens_per_step"] == 2 * 8 * 64 and r["tokens_per_step_per_gpu"] == 8 * 64
     assert len(r["per_rank_step_time_median_s"]) == 2 and all(t > 0 for t in r["per_rank_step_time_median_s"])
     assert proc.stdout.count("tokens/s per process") == 1  # only rank 0 prints
+
+
+def test_compare_keeps_the_other_variant_when_one_fails(tmp_path, capsys, monkeypatch):
+    from perfkit.bench import train
+
+    real = train.run_variant
+
+    def torch_variant_runs_out_of_memory(args, cfg, env, env_info, peak, run_dir, variant, show_header):
+        if variant == "torch":
+            raise MemoryError("pretend the torch variant does not fit")
+        return real(args, cfg, env, env_info, peak, run_dir, variant, show_header)
+
+    monkeypatch.setattr(train, "run_variant", torch_variant_runs_out_of_memory)
+    rc, records = bench(tmp_path, "--synthetic", "--compare", "kernels")
+    assert rc == 1  # a failed variant fails the run ...
+    assert [r["variant"] for r in records] == ["triton"]  # ... but the measured one is kept
+    captured = capsys.readouterr()
+    assert "variant torch failed: MemoryError" in captured.err and "failed: torch" in captured.out
