@@ -50,6 +50,11 @@ def _generate(argv):
     return generate_cmd.main(argv)
 
 
+def _plot(argv):
+    from perfkit import plot
+    return plot.main(argv)
+
+
 def _bench(argv):
     from perfkit.bench import cli as bench_cli
     return bench_cli.main(argv)
@@ -66,6 +71,7 @@ COMMANDS = [
     ("export", "consolidate a sharded checkpoint into one model.pt (bf16 or fp32, config inside)", _export),
     ("generate", "sample text from a checkpoint or export (greedy or top-k)", _generate),
     ("bench", "benchmark suites: train (default), kernels, loader, pack", _bench),
+    ("plot", "draw loss and tokens/s over steps of runs into a PNG (needs perfkit[plot])", _plot),
 ]
 
 
