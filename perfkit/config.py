@@ -295,6 +295,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
     for item in overrides:
         keys, value = parse_override(item)
+        if isinstance(value, str) and _is_list_field(keys):
+            value = [value]  # --data.train=a.pbin means ["a.pbin"]
         _set_path(raw, keys, value)
     return config_from_dict(raw, source=str(path) if path else "<overrides>")
 
@@ -330,6 +332,17 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not all(keys) or (len(keys) < 2 and not isinstance(value, dict)):
         raise ConfigError(f"override {item!r}: the key must be dotted, like --training.max_steps=10")
     return keys, value
+
+
+def _is_list_field(keys: list[str]) -> bool:
+    """Whether section.key is a list field of a plain section (e.g. data.train, data.val)."""
+    if len(keys) != 2:
+        return False
+    section = {f.name: f.type for f in msgspec.structs.fields(Config)}.get(keys[0])
+    if not (isinstance(section, type) and issubclass(section, msgspec.Struct)):
+        return False
+    field = {f.name: f.type for f in msgspec.structs.fields(section)}.get(keys[1])
+    return getattr(field, "__origin__", None) is list
 
 
 def _set_path(raw: dict, keys: list[str], value: Any) -> None:

@@ -70,6 +70,8 @@ def test_overrides_apply_over_the_file():
     c = load_config(CONFIGS / "tutorial.toml", ["--training.max_steps=7", "--scheduler.max_lr=1e-3",
                                                  "--run.root=/tmp/r"])
     assert (c.training.max_steps, c.scheduler.max_lr, c.run.root) == (7, 1e-3, "/tmp/r")
+    c = load_config(CONFIGS / "tutorial.toml", ["--data.train=/x/a.pbin", "--data.val=b.pbin"])
+    assert (c.data.train, c.data.val) == (["/x/a.pbin"], ["b.pbin"])  # one path: a list of one
     c = load_config(CONFIGS / "tutorial.toml", ['--scheduler={kind = "constant", warmup_steps = 3}'])
     assert c.scheduler.warmup_steps == 3
 
