@@ -84,8 +84,8 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
     from perfkit.train.schedules import build_scheduler
 
     distributed.init(env, cfg.parallel)
-    if env.device.type == "cuda":
-        # the few fp32 matmuls outside the bf16 compute (none in the blocks) may use TF32
+    if env.device.type == "cuda" and cfg.parallel.mixed_precision == "bf16":
+        # the few fp32 matmuls outside the bf16 compute may use TF32 (an fp32 run stays exact fp32)
         torch.backends.cuda.matmul.allow_tf32 = True
     try:
         exp_id = cfg.run.experiment_id or run_folder.new_experiment_id(resolved)
