@@ -41,7 +41,8 @@ COMPARE = {
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="perfkit bench train", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+    p = argparse.ArgumentParser(prog="perfkit bench train", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Overrides use the TOML keys: --training.micro_batch_size=8 or "
                                        "--override training.micro_batch_size=8 (values are TOML literals).")
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
@@ -51,13 +52,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                                                             "of $.data.train (no data files needed)")
     p.add_argument("--profile", action="store_true", help="profile a few steps after the timed ones")
     p.add_argument("--profile-steps", type=int, default=3)
-    p.add_argument("--memory-snapshot", action="store_true", help="with --profile on CUDA: also write a "
-                                                                  "CUDA memory snapshot of the profiled steps")
+    p.add_argument("--memory-snapshot", action="store_true", help="profile (implies --profile) and, on CUDA, "
+                                                                  "write a memory snapshot of the profiled steps")
     p.add_argument("--compare", choices=sorted(COMPARE), help="measure the variants of one axis side by side")
     p.add_argument("--json", default=DEFAULT_JSON, metavar="FILE", help=f"append records here ({DEFAULT_JSON})")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. training.micro_batch_size=8 (repeatable)")
     args, rest = p.parse_known_args(argv)
+    args.profile = args.profile or args.memory_snapshot
     if args.steps < 1 or args.warmup < 0 or args.profile_steps < 1:
         p.error("--steps and --profile-steps must be >= 1, --warmup >= 0")
     overrides = [f"--{o.removeprefix('--')}" for o in args.override]
@@ -96,6 +98,7 @@ def run_variant(args, cfg, env, env_info, peak, run_dir, variant, show_header) -
     from perfkit.bench.train_report import header, make_record, summary
 
     plan = bench_plan(cfg, env, args.synthetic)
+    _release(env.device)  # what a failed previous variant may have left (its traceback is gone by now)
     if env.is_main:
         print(f"perfkit bench train: building {variant or 'the config'} and running {args.warmup} warm-up "
               f"step(s) (compile {'on' if cfg.parallel.compile else 'off'}) ...", flush=True)

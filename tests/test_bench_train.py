@@ -82,8 +82,9 @@ def test_real_data_measures_the_loader(tmp_path):
 
 
 def test_profile_writes_a_trace_and_the_top_operations(tmp_path, capsys):
-    rc, records = bench(tmp_path, "--synthetic", "--profile", "--profile-steps", "2", "--memory-snapshot")
-    assert rc == 0
+    rc, records = bench(tmp_path, "--synthetic", "--memory-snapshot", "--profile-steps", "2",
+                        "--override", "training.micro_batch_size=4")  # --memory-snapshot implies --profile
+    assert rc == 0 and records[0]["tokens_per_step"] == 4 * 64
     prof = records[0]["profile"]
     trace = Path(prof["trace"])
     assert trace.parent.parent == tmp_path / "runs" and trace.name == "trace_config_rank0.json"
