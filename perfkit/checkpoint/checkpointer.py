@@ -105,8 +105,9 @@ class Checkpointer:
             dcp.save(self._sharded_state(), checkpoint_id=str(partial), process_group=self.group,
                      no_dist=not _distributed())
         # dcp.save returns once every rank's shards and the coordinator's .metadata are written,
-        # so every file is in place now; ranks split the checksumming.
-        names = layout.data_files(partial)
+        # so every file is in place now; ranks split the checksumming of rank 0's listing (one
+        # listing: on a network filesystem two ranks' directory views may briefly differ)
+        names = _agree(lambda: layout.data_files(partial), self.group)
         mine = {n: {"bytes": (partial / n).stat().st_size, "crc32": layout.file_crc32(partial / n)}
                 for n in names[rank::world]}
         entries = {}
