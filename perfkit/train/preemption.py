@@ -7,6 +7,11 @@ so a scheduler sees the same code as for an unhandled signal but the checkpoint 
 A second signal while the first is pending (or while saving) exits at once with the same code,
 without saving: the escape hatch when a save hangs.
 
+Under torchrun, a SIGTERM to the launcher is forwarded to every worker (which save and exit 143),
+but the launcher itself then exits 1 and kills workers that take longer than its grace period
+(30 s by default): keep checkpoints small enough to save within it, or signal the workers
+directly (e.g. `srun --signal`/`scancel --signal=TERM` reach every task).
+
 The flag has to be agreed on: a signal reaches ranks at different moments, and a rank that
 leaves the loop alone would hang the others in their next collective. `should_stop()` therefore
 takes the max of the local flags with an all-reduce on a CPU (gloo) group at every step boundary:
