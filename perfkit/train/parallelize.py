@@ -21,9 +21,16 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from perfkit.config import ModelConfig, ParallelConfig
 
 
-def mp_policy(par: ParallelConfig, device: torch.device) -> MixedPrecisionPolicy:
+def mp_policy(par: ParallelConfig, device: torch.device, cast_inputs: bool = True) -> MixedPrecisionPolicy:
+    """bf16 compute / fp32 reduction on CUDA, fp32 throughout otherwise.
+
+    cast_inputs=False for the blocks: their activations are bf16 already (they come from the bf16
+    embedding and blocks), and casting would also turn the fp32 RoPE tables the model passes in
+    into bf16, where the model's rotation wants fp32 cos/sin.
+    """
     if par.mixed_precision == "bf16" and device.type == "cuda":
-        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                    cast_forward_inputs=cast_inputs)
     return MixedPrecisionPolicy()  # fp32 throughout (CPU runs, or mixed_precision = "fp32")
 
 
@@ -46,14 +53,14 @@ def build_model(model_cfg: ModelConfig, par: ParallelConfig, device: torch.devic
         for block in model.blocks:
             block.compile(fullgraph=True)
 
-    policy = mp_policy(par, device)
+    block_policy = mp_policy(par, device, cast_inputs=False)
     n = len(model.blocks)
     for i, block in enumerate(model.blocks):
         # The last block's parameters are needed again first in backward: keeping them gathered
         # saves one all-gather per step at the cost of one block's unsharded memory.
         reshard = par.reshard_after_forward and i < n - 1
-        fully_shard(block, mp_policy=policy, reshard_after_forward=reshard)
-    fully_shard(model, mp_policy=policy, reshard_after_forward=par.reshard_after_forward)
+        fully_shard(block, mp_policy=block_policy, reshard_after_forward=reshard)
+    fully_shard(model, mp_policy=mp_policy(par, device), reshard_after_forward=par.reshard_after_forward)
 
     if par.init_device == "meta":
         model.to_empty(device=device)
