@@ -92,6 +92,8 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
         exp_id = distributed.broadcast_object(exp_id)  # rank 0's timestamp for everyone
         run_dir = Path(cfg.run.root) / exp_id
         resolved = {**resolved, "run": {**resolved["run"], "experiment_id": exp_id}}
+        precision = ("bf16 params / fp32 reduce" if env.device.type == "cuda" and cfg.parallel.mixed_precision == "bf16"
+                     else "fp32" + (" (bf16 applies on CUDA only)" if cfg.parallel.mixed_precision == "bf16" else ""))
         if env.is_main:
             run_folder.create(cfg.run.root, exp_id)
             run_folder.save_resolved_config(run_dir, resolved)
@@ -100,7 +102,7 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
             print(f"perfkit train: run folder {run_dir}  (tensorboard --logdir {run_dir / 'tensorboard'})")
             print(f"perfkit train: {plan.world_size} rank(s) on {env.device.type}, {plan.parameters:,} parameters, "
                   f"{plan.max_steps} steps x {plan.tokens_per_step:,} tokens, grad accumulation "
-                  f"{plan.grad_accum_steps}, compile {'on' if cfg.parallel.compile else 'off'}", flush=True)
+                  f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}", flush=True)
 
         model = build_model(cfg.model, cfg.parallel, env.device, cfg.run.seed)
         optimizer = build_optimizer(model, cfg.optimizer, env.device)
