@@ -97,6 +97,20 @@ def test_resume_on_other_rank_count_continues_data_order(tmp_path, pbin):
     assert logged(tmp_path / "one", "tokens_seen") == {s: v for s, v in logged(tmp_path / "two", "tokens_seen").items() if s > 4}
 
 
+@pytest.mark.slow
+def test_warm_start_from_export_equals_warm_start_from_checkpoint(tmp_path, pbin):
+    run_trainer(trainer_args(tmp_path, "src", pbin, "--training.max_steps=3", "--checkpoint.save_at_end=true"))
+    from perfkit.checkpoint.export import export_checkpoint
+    export_checkpoint(tmp_path / "src", tmp_path / "model.pt", dtype="fp32")
+    run_trainer(trainer_args(tmp_path, "from_ckpt", pbin, f"--checkpoint.warm_start={tmp_path / 'src'}"))
+    run_trainer(trainer_args(tmp_path, "from_export", pbin, f"--checkpoint.warm_start={tmp_path / 'model.pt'}"))
+    from_ckpt, from_export = logged(tmp_path / "from_ckpt"), logged(tmp_path / "from_export")
+    assert sorted(from_export) == list(range(1, STEPS + 1))  # a fresh schedule and data order
+    assert from_export == from_ckpt  # same weights through both paths, fresh optimizer in both
+    src = logged(tmp_path / "src")
+    assert from_export[1] != src[1]  # same first batch, other weights: not the init's loss
+
+
 # ---------------------------------------------------------------- driver (run as a script)
 
 def _driver(argv: list[str]) -> int:
