@@ -102,6 +102,9 @@ def run_variant(args, cfg, env, env_info, peak, run_dir, variant, show_header) -
     if env.is_main:
         print(f"perfkit bench train: building {variant or 'the config'} and running {args.warmup} warm-up "
               f"step(s) (compile {'on' if cfg.parallel.compile else 'off'}) ...", flush=True)
+        if args.warmup == 0 and cfg.parallel.compile:
+            print("perfkit bench train: warning: --warmup 0 with compile on: the first timed step includes "
+                  "compilation", flush=True)
     parts = build_parts(cfg, env, plan, args.synthetic)
     try:
         m = measure(parts, args.warmup, args.steps)
