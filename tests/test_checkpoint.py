@@ -178,6 +178,9 @@ def test_explicit_path_errors(tmp_path):
     with pytest.raises(CheckpointError, match="neither a complete checkpoint nor a run folder"):
         Run(tmp_path, resume=str(tmp_path)).ckpt.restore()
     assert Run(tmp_path, resume="auto").ckpt.restore() is None  # auto with nothing saved: fresh
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="warm_start"):
+        Run(tmp_path, resume=str(tmp_path / "model.pt")).ckpt.restore()
 
 
 def test_warm_start_loads_weights_only(tmp_path):

@@ -103,6 +103,9 @@ def resolve_checkpoint(path_or_run: str | os.PathLike) -> Path:
     p = Path(path_or_run)
     if not p.exists():
         raise CheckpointError(f"checkpoint path {str(p)!r} does not exist")
+    if p.is_file():
+        raise CheckpointError(f"{str(p)!r} is a file, not a checkpoint folder; an export (perfkit export) "
+                              "holds weights only: load it with checkpoint.warm_start")
     if (p / MANIFEST).exists() or (p / MARKER).exists() or p.name.endswith(PARTIAL_SUFFIX):
         if not is_complete(p):
             raise CheckpointError(f"checkpoint {str(p)!r} is incomplete (no valid {MARKER} marker: "
