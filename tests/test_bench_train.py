@@ -156,3 +156,27 @@ def test_compare_keeps_the_other_variant_when_one_fails(tmp_path, capsys, monkey
     assert [r["variant"] for r in records] == ["triton"]  # ... but the measured one is kept
     captured = capsys.readouterr()
     assert "variant torch failed: MemoryError" in captured.err and "failed: torch" in captured.out
+
+
+def test_bench_builds_what_the_trainer_builds():
+    """A tripwire: perfkit.train.setup.run builds the training parts inline, and the bench mirrors
+    those calls (bench/train_parts.py). A builder or torch.backends flag added to the trainer but not
+    to the bench would make the bench time another step than `perfkit train` runs."""
+    import ast
+    import inspect
+
+    from perfkit.bench import train_parts
+    from perfkit.train import setup
+
+    tree = ast.parse(inspect.getsource(setup.run))
+    calls = {n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", "")
+             for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    not_throughput = {"build_val_loader"}  # evaluation is not part of the timed step
+    builders = sorted(c for c in calls if c.startswith("build_") and c not in not_throughput)
+    flags = sorted(ast.unparse(t) for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
+                   if ast.unparse(t).startswith("torch.backends."))
+    bench_source = inspect.getsource(train_parts)
+    assert "build_model" in builders and "build_optimizer" in builders  # the parse found the builders
+    missing = [name for name in builders + flags if name not in bench_source]
+    assert not missing, (f"perfkit.train.setup.run uses {missing} but bench/train_parts.py does not: mirror it "
+                         "there (better: one shared builder for both)")
