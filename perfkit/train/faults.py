@@ -9,7 +9,8 @@
         guard.poll(progress)   # raises NonFiniteError(step) in "stop" mode; sets progress.nonfinite_skips
 
 Nothing here synchronizes the host with the device per step. The check is a device-side flag:
-`observe` turns (loss, grad_norm) into a 0/1 tensor without reading it, and
+`observe` turns (loss, grad_norm) into a 0/1 tensor without reading it (all-reduced with MAX on
+the device when distributed, since each rank's loss is its own and all must decide alike), and
 - "skip": the update is dropped on the device. Fused Adam/AdamW take a `found_inf` tensor (the
   GradScaler mechanism): when it is 1 the kernel leaves weights, moments and step count untouched.
   Other optimizers have no such hook, so for them `observe` reads the flag (one sync per step,
