@@ -9,6 +9,7 @@ tokens/s p20 = tokens / step-time p80 (a monotone map, so the order of steps is 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from perfkit.bench.records import percentiles
@@ -53,7 +54,8 @@ def make_record(*, parts, m: Measurement, env_info: dict, peak: float | None, ar
         "peak_name": f"dense bf16 peak of {env_info['device_name']}" if peak else None,
         "peak_mem_allocated_gib": m.peak_allocated_gib, "peak_mem_reserved_gib": m.peak_reserved_gib,
         "host_peak_rss_gib": m.host_peak_rss_gib,
-        "data_wait_frac": m.data_wait_frac, "loss_last": m.loss_last,
+        # non-finite only in on_nonfinite = "skip" mode (stop mode raised); JSON has no NaN
+        "data_wait_frac": m.data_wait_frac, "loss_last": m.loss_last if math.isfinite(m.loss_last) else None,
         "profile": None,
     }
 
@@ -99,7 +101,8 @@ def summary(record: dict) -> str:
         f"  step time: {st['median'] * 1e3:.2f} ms median (p20 {st['p20'] * 1e3:.2f}, p80 {st['p80'] * 1e3:.2f})",
         f"  {record['tflops_per_gpu']:.3g} TFLOP/s per {per}; {mfu}",
         f"  {mem}",
-        f"  data wait: {record['data_wait_frac']:.2%} of step time; last loss {record['loss_last']:.4f}",
+        f"  data wait: {record['data_wait_frac']:.2%} of step time; last loss "
+        f"{'non-finite' if record['loss_last'] is None else format(record['loss_last'], '.4f')}",
     ])
 
 
