@@ -77,6 +77,7 @@ def test_accumulation_equals_a_larger_batch(tmp_path):
     assert [r["tokens_seen"] for r in b] == [r["tokens_seen"] for r in a]
 
 
+@pytest.mark.slow
 def test_compiled_run(tmp_path):
     """The one compile-on test: per-block torch.compile(fullgraph) under FSDP2 trains."""
     rc, run_dir = run_main(tmp_path, "compiled", **{"training.max_steps": 4, "metrics.log_every": 2,
