@@ -96,3 +96,19 @@ def test_sigkill_of_a_worker(big_corpus, tmp_path):
     os.kill(kids[0], signal.SIGKILL)
     rc, err = finish(proc, kids, dst, time.monotonic())
     assert rc == 1 and "killed by SIGKILL" in err
+
+
+def test_sigterm_of_perfkit_index(big_corpus, tmp_path):
+    dst = tmp_path / "out.idx"
+    proc = subprocess.Popen([sys.executable, "-m", "perfkit.cli", "index", str(big_corpus), "-o", str(dst),
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 20
+    while len(children_of(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    kids = children_of(proc.pid)
+    if proc.poll() is not None:
+        pytest.skip("indexing finished before the signal could be sent")
+    proc.send_signal(signal.SIGTERM)
+    rc, err = finish(proc, kids, dst, time.monotonic())
+    assert rc == 143 and "terminated" in err

@@ -50,7 +50,8 @@ _STATE: dict = {}
 
 
 def _init(src: str, size: int, key_path: tuple[str, ...], stop_at_first_bad: bool) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C and terminates the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler inherited through fork
     _STATE.update(fd=os.open(src, os.O_RDONLY), size=size, extractor=TextExtractor(key_path),
                   stop=stop_at_first_bad)
 
@@ -102,6 +103,14 @@ def write_atomic(dst: Path, pieces) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="perfkit index", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="JSONL file")
@@ -115,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     dst = Path(args.dst) if args.dst else src.with_suffix(".idx")
     t0 = time.monotonic()
     skipped: dict[str, int] = {}
+    # SIGTERM unwinds like Ctrl-C, so the pool is terminated and no partial .idx is left.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if not src.is_file():
             raise ValueError(f"{src}: no such file")
@@ -130,9 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("perfkit index: interrupted; no output written", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("perfkit index: terminated (SIGTERM); no output written", file=sys.stderr)
+        return 143
     except (ValueError, OSError) as e:
         print(f"perfkit index: {e}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     n_skip = sum(skipped.values())
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
     print(f"indexed {len(offsets):,} lines of {src} -> {dst} in {time.monotonic() - t0:.2f} s; "
