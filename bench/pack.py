@@ -1,6 +1,7 @@
 """Benchmark: `perfkit pack` end to end vs tiktoken's own encode_ordinary_batch, same corpus, same cores.
 
     python -m perfkit.bench.pack [--corpus FILE] [--workers N] [--repeat K] [--rounds R] [--json OUT.jsonl]
+    python -m perfkit.bench.pack --index-docs 10000000      (the .pbin index codec vs pickle)
 
 Both sides run in their own fresh process, one after the other, so peak memory is measured per side:
 - tiktoken: the texts are read and JSON-decoded first (untimed), then only
@@ -128,6 +129,45 @@ def measure(corpus: Path, workers: int, rounds: int) -> dict:
     return {"baseline": base_best, "pack": pack_best}
 
 
+def bench_index(n: int, json_out: Path | None) -> int:
+    """The .pbin index codec on n documents vs the stdlib pickle it must match byte for byte."""
+    import pickle
+
+    import numpy as np
+
+    from perfkit.data.pack_index_pickle import encode_index_pickle, parse_index_pickle
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(100, 3000, n) * 2          # FineWeb-like documents, 2-byte tokens
+    offsets = np.cumsum(lengths) - lengths
+    t0 = time.perf_counter()
+    ours = encode_index_pickle(offsets, lengths)
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    got_off, got_len = parse_index_pickle(ours)
+    t_parse = time.perf_counter() - t0
+    pairs = list(zip(offsets.tolist(), lengths.tolist()))
+    t0 = time.perf_counter()
+    ref = pickle.dumps(pairs, protocol=4)
+    t_dumps = time.perf_counter() - t0
+    del pairs
+    t0 = time.perf_counter()
+    pickle.loads(ref)  # trusted bytes here; a reader must never do this on a downloaded file
+    t_loads = time.perf_counter() - t0
+    same = ref == ours and np.array_equal(got_off, offsets) and np.array_equal(got_len, lengths)
+    print(f"index of {n:,} documents ({len(ours) / 1e6:,.1f} MB), byte-identical to pickle.dumps: {same}")
+    print(f"  perfkit encode {t_enc:6.2f} s   pickle.dumps (from a list of tuples) {t_dumps:6.2f} s")
+    print(f"  perfkit parse  {t_parse:6.2f} s   pickle.loads (unsafe, builds tuples)   {t_loads:6.2f} s")
+    if json_out:
+        rec = {"bench": "pack_index", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "docs": n,
+               "bytes": len(ours), "identical": bool(same), "encode_s": t_enc, "parse_s": t_parse,
+               "pickle_dumps_s": t_dumps, "pickle_loads_s": t_loads, "cpus": os.cpu_count()}
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        with open(json_out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    return 0 if same else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     from perfkit.data.pack import default_workers
 
@@ -137,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="concatenate the corpus this many times")
     ap.add_argument("--rounds", type=int, default=2, help="runs per side; the best is reported")
     ap.add_argument("--json", type=Path, help="append one JSON line with the results to this file")
+    ap.add_argument("--index-docs", type=int, help="instead: time the .pbin index codec on this many documents")
     args = ap.parse_args(argv)
+    if args.index_docs:
+        return bench_index(args.index_docs, args.json)
     if not args.corpus.is_file():
         print(f"bench pack: {args.corpus}: no such file (run `perfkit fetch`)", file=sys.stderr)
         return 1

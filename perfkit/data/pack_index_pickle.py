@@ -49,6 +49,12 @@ class IndexPickleError(ValueError):
 # Encoder
 
 
+def _sliding(b: np.ndarray, dtype: str) -> np.ndarray:
+    """An unaligned view where element p is the little-endian `dtype` value at byte p of b."""
+    width = np.dtype(dtype).itemsize
+    return np.ndarray(shape=(b.shape[0] - width + 1,), dtype=dtype, buffer=b, strides=(1,))
+
+
 def _int_opcodes(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For non-negative int64 values: (opcode, header bytes before the payload, payload bytes)."""
     big = v >= (1 << 31)
@@ -60,17 +66,22 @@ def _int_opcodes(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return op, head, payload
 
 
-def _put_ints(buf: np.ndarray, at: np.ndarray, v: np.ndarray, op, head, payload) -> None:
+def _put_ints(buf: np.ndarray, at: np.ndarray, v: np.ndarray, op, payload) -> None:
+    """Write int opcodes and their little-endian payloads at `at`: one unaligned scatter per width."""
     buf[at] = op
-    long_mask = op == _LONG1
-    buf[at[long_mask] + 1] = payload[long_mask]
-    le_bytes = v.astype("<u8").view(np.uint8).reshape(-1, 8)  # (k, 8) little-endian bytes
-    start = at + head
-    for j in range(8):
-        m = payload > j
-        if not m.any():
-            break
-        buf[start[m] + j] = le_bytes[m, j]
+    u16, u32 = _sliding(buf, "<u2"), _sliding(buf, "<u4")
+    for code, view in ((_K, buf), (_M, u16), (_J, u32)):
+        sel = op == code
+        if sel.any():
+            view[at[sel] + 1] = v[sel]  # the view's dtype keeps exactly its width of low bytes
+    sel = np.flatnonzero(op == _LONG1)
+    if sel.size:  # offsets past 2 GiB: 5..8 payload bytes after a length byte
+        p, vv, nb = at[sel] + 2, v[sel], payload[sel]
+        buf[p - 1] = nb
+        u32[p] = vv & 0xFFFFFFFF
+        for j in range(4, 8):
+            m = nb > j
+            buf[p[m] + j] = (vv[m] >> (8 * j)) & 0xFF
 
 
 def _encode_items(off: np.ndarray, ln: np.ndarray, first: int, total: int) -> tuple[bytes, np.ndarray]:
@@ -92,8 +103,8 @@ def _encode_items(off: np.ndarray, ln: np.ndarray, first: int, total: int) -> tu
     a_at = starts + pre
     b_at = a_at + len_a
     t_at = b_at + len_b
-    _put_ints(buf, a_at, off, op_a, head_a, pay_a)
-    _put_ints(buf, b_at, ln, op_b, head_b, pay_b)
+    _put_ints(buf, a_at, off, op_a, pay_a)
+    _put_ints(buf, b_at, ln, op_b, pay_b)
     buf[t_at] = _TUPLE2
     buf[t_at + 1] = _MEMOIZE
     buf[t_at[suf == 1] + 2] = _APPENDS if many else _APPEND
@@ -191,12 +202,6 @@ _OP_LEN[_K], _OP_LEN[_M], _OP_LEN[_J], _OP_LEN[_LONG1] = 2, 3, 5, 2
 _OP_MASK = np.zeros(256, dtype=np.uint32)  # payload mask of the fixed-width int opcodes
 _OP_MASK[_K], _OP_MASK[_M], _OP_MASK[_J] = 0xFF, 0xFFFF, 0xFFFFFFFF
 _PAD = 1024                                 # > the longest tuple (2 LONG1 of 255 bytes + 2)
-
-
-def _sliding(b: np.ndarray, dtype: str) -> np.ndarray:
-    """An unaligned view where element p is the little-endian `dtype` value at byte p of b."""
-    width = np.dtype(dtype).itemsize
-    return np.ndarray(shape=(b.shape[0] - width + 1,), dtype=dtype, buffer=b, strides=(1,))
 
 
 def _parse_canonical(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
