@@ -95,6 +95,9 @@ def summary(record: dict) -> str:
                                                  if record["kernels_ran"] != record["kernels"] else "")
                 + f", compile {'on' if record['compile'] else 'off'}, reshard_after_forward "
                 f"{'on' if record['reshard_after_forward'] else 'off'}, {record['mixed_precision']}")
+    ranks = record["per_rank_step_time_median_s"]
+    spread = ([f"  per-rank median step time: {min(ranks) * 1e3:.2f} .. {max(ranks) * 1e3:.2f} ms "
+               f"(slowest rank {ranks.index(max(ranks))}; the numbers above are rank 0's)"] if len(ranks) > 1 else [])
     return "\n".join([
         f"[{record['variant'] or 'config'}] {settings}; warm-up took {record['warmup_s']:.1f} s (not timed)",
         f"  tokens/s per {per}: {tok['median']:,.0f} median (p20 {tok['p20']:,.0f}, p80 {tok['p80']:,.0f})",
@@ -103,7 +106,7 @@ def summary(record: dict) -> str:
         f"  {mem}",
         f"  data wait: {record['data_wait_frac']:.2%} of step time; last loss "
         f"{'non-finite' if record['loss_last'] is None else format(record['loss_last'], '.4f')}",
-    ])
+    ] + spread)
 
 
 def compare_table(records: list[dict], axis: str) -> str:

@@ -138,6 +138,7 @@ def test_torchrun_two_ranks_time_per_rank_and_rank0_records(tmp_path):
     assert r["world_size"] == 2 and r["tokens_per_step"] == 2 * 8 * 64 and r["tokens_per_step_per_gpu"] == 8 * 64
     assert len(r["per_rank_step_time_median_s"]) == 2 and all(t > 0 for t in r["per_rank_step_time_median_s"])
     assert proc.stdout.count("tokens/s per process") == 1  # only rank 0 prints
+    assert "per-rank median step time" in proc.stdout
 
 
 def test_compare_keeps_the_other_variant_when_one_fails(tmp_path, capsys, monkeypatch):
