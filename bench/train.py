@@ -56,12 +56,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                                                                   "write a memory snapshot of the profiled steps")
     p.add_argument("--compare", choices=sorted(COMPARE), help="measure the variants of one axis side by side")
     p.add_argument("--json", default=DEFAULT_JSON, metavar="FILE", help=f"append records here ({DEFAULT_JSON})")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. training.micro_batch_size=8 (repeatable)")
+    p.add_argument("--override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. --override training.micro_batch_size=8 model.kernels=torch "
+                        "(put CONFIG before them)")
     args, rest = p.parse_known_args(argv)
     args.profile = args.profile or args.memory_snapshot
     if args.steps < 1 or args.warmup < 0 or args.profile_steps < 1:
         p.error("--steps and --profile-steps must be >= 1, --warmup >= 0")
+    bad = [o for o in args.override if "=" not in o or "." not in o.split("=", 1)[0]]
+    if bad:
+        p.error(f"--override {bad[0]!r}: overrides look like section.key=value")
     overrides = [f"--{o.removeprefix('--')}" for o in args.override]
     for item in rest:  # the trainer's own spelling: --section.key=value
         if not (item.startswith("--") and "=" in item and "." in item.split("=", 1)[0]):
