@@ -284,22 +284,22 @@ def _decode_ints(b: np.ndarray, at: np.ndarray) -> np.ndarray:
     if (out[op == _J] >= 1 << 31).any():
         raise IndexPickleError("negative offset or length in the index")
     sel = np.flatnonzero(op == _LONG1)
-    if sel.size:
-        nbytes = b[at[sel] + 1].astype(np.int64)
+    if sel.size:  # LONG1: a length byte n, then n bytes of two's complement (n <= 8 accepted)
+        nbytes = b[at[sel] + 1]
         if nbytes.max() > 8:
             raise IndexPickleError("index value too large for a file offset")
-        p = at[sel] + 2
-        v = _sliding(b, "<u8")[p]
-        keep = np.where(nbytes == 8, np.uint64(0xFFFFFFFFFFFFFFFF),
-                        (np.uint64(1) << (8 * nbytes).astype(np.uint64)) - np.uint64(1))
-        v &= keep
-        sign = (b[p + np.maximum(nbytes - 1, 0)] & 0x80) & (nbytes > 0)
-        if sign.any():
+        v = _sliding(b, "<u8")[at[sel] + 2] & _LONG1_KEEP[nbytes]
+        if ((v & _LONG1_SIGN[nbytes]) != 0).any():
             raise IndexPickleError("negative offset or length in the index")
         if (v >= np.uint64(MAX_VALUE)).any():
             raise IndexPickleError("index value too large for a file offset")
-        out[sel] = v.astype(np.int64)
+        out[sel] = v.view(np.int64)
     return out
+
+
+# Per LONG1 length n (0..8): the mask of its n payload bytes and the sign bit of the top one.
+_LONG1_KEEP = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)
+_LONG1_SIGN = np.array([0] + [1 << (8 * n - 1) for n in range(1, 9)], dtype=np.uint64)
 
 
 class _RefusingUnpickler(pickle.Unpickler):
