@@ -46,7 +46,6 @@ class ChunkResult:
     num_bytes: int                 # JSONL bytes it covered (progress)
     doc_tokens: np.ndarray         # (num_docs,) int64 tokens per document, EOD included
     bad: list[tuple[int, str]]     # (line index within the chunk, reason), in order
-    first_line_offset: int         # file offset of the chunk's first line (error messages)
 
 
 class TokenOverflowError(ValueError):
@@ -136,7 +135,7 @@ def worker_main(conn, job: PackJob, tokenizer=None) -> None:
             cid = msg[1]
             if kind == "write":
                 tokens = pending.pop(cid)
-                pwrite_all(dst_fd, memoryview(tokens).cast("B"), HEADER_SIZE + msg[2])
+                pwrite_all(dst_fd, memoryview(tokens.view(np.uint8)), HEADER_SIZE + msg[2])
                 conn.send(("written", cid))
                 continue
             if kind == "lines":
@@ -151,7 +150,7 @@ def worker_main(conn, job: PackJob, tokenizer=None) -> None:
             else:
                 tokens, doc_tokens = tokenize_texts(texts, encode, job.eod_id, job.token_width)
             pending[cid] = tokens
-            conn.send(("counted", cid, ChunkResult(chunk.num_lines, covered, doc_tokens, bad, chunk.base)))
+            conn.send(("counted", cid, ChunkResult(chunk.num_lines, covered, doc_tokens, bad)))
         os.close(dst_fd)
         os.close(src_fd)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
