@@ -179,22 +179,30 @@ def parse_index_pickle(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     return parsed if parsed is not None else _parse_restricted(raw)
 
 
-def _deframe(raw: bytes) -> bytes | None:
-    """The pickle body without PROTO and FRAME headers, or None if the layout is unusual."""
+def _deframe(raw: bytes) -> np.ndarray | None:
+    """The pickle body without PROTO and FRAME headers, copied once into a zero-padded uint8
+    array (lookups a little past the end read 0), or None if the layout is unusual."""
     if len(raw) < 3 or raw[0] != 0x80 or raw[1] not in (4, 5):
         return None
+    spans, pos = [], 2
     if raw[2] != _FRAME:
-        return raw[2:]
-    parts, pos, view = [], 2, memoryview(raw)
-    while pos < len(raw):  # one iteration per 64 KiB frame
-        if raw[pos] != _FRAME or pos + 9 > len(raw):
-            return None
-        end = pos + 9 + int.from_bytes(raw[pos + 1:pos + 9], "little")
-        if end > len(raw):
-            return None
-        parts.append(view[pos + 9:end])
-        pos = end
-    return b"".join(parts)
+        spans.append((2, len(raw)))
+    else:
+        while pos < len(raw):  # one iteration per 64 KiB frame
+            if raw[pos] != _FRAME or pos + 9 > len(raw):
+                return None
+            end = pos + 9 + int.from_bytes(raw[pos + 1:pos + 9], "little")
+            if end > len(raw):
+                return None
+            spans.append((pos + 9, end))
+            pos = end
+    src = np.frombuffer(raw, dtype=np.uint8)
+    body = np.zeros(sum(e - s for s, e in spans) + _PAD, dtype=np.uint8)
+    at = 0
+    for s, e in spans:
+        body[at:at + e - s] = src[s:e]
+        at += e - s
+    return body
 
 
 _OP_LEN = np.zeros(256, dtype=np.int64)  # bytes an int opcode occupies (LONG1: plus its n)
@@ -205,21 +213,19 @@ _PAD = 1024                                 # > the longest tuple (2 LONG1 of 25
 
 
 def _parse_canonical(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
-    body = _deframe(raw)
-    if body is None:
+    b = _deframe(raw)
+    if b is None:
         return None
-    if body == b"]\x94.":
+    n = b.shape[0] - _PAD                          # body length; b[n:] is zero padding
+    head, tail = bytes(b[:3]), bytes(b[max(n - 2, 0):n])
+    if n == 3 and head == b"]\x94.":
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    n = len(body)
-    if n < 10 or body[:2] != b"]\x94" or body[-1] != _STOP:
+    if n < 10 or head[:2] != b"]\x94" or tail[1] != _STOP:
         return None
-    batched = body[2] == _MARK
-    if body[-2] != (_APPENDS if batched else _APPEND):
+    batched = head[2] == _MARK
+    if tail[0] != (_APPENDS if batched else _APPEND):
         return None
-    lo, hi = (3 if batched else 2), n - 2          # the items live in body[lo:hi]
-    b = np.zeros(n + _PAD, dtype=np.uint8)         # zero padding: lookups past the end read 0
-    b[:n] = np.frombuffer(body, dtype=np.uint8)
-    del body
+    lo, hi = (3 if batched else 2), n - 2          # the items live in b[lo:hi]
     u16 = _sliding(b, "<u2")
     # Positions as int32 when they fit (any index under ~200M documents): half the memory.
     pos_t = np.int32 if n + _PAD < 2**31 else np.int64
