@@ -144,6 +144,10 @@ def test_local_tiktoken_file_known_by_sha256(write_jsonl, tmp_path):
     assert pack.main([str(src), "-o", str(tmp_path / "y.pbin"), "--tokenizer", str(odd), "--tokenizer-pattern",
                       "r50k_base", "--special-token", "<|endoftext|>=50256", "--no-progress"]) == 0
     assert (tmp_path / "y.pbin").read_bytes() == reference_pbin(src)
+    regex = tiktoken.get_encoding("r50k_base")._pat_str  # a literal split regex works too
+    assert pack.main([str(src), "-o", str(tmp_path / "z.pbin"), "--tokenizer", str(odd), "--tokenizer-pattern",
+                      regex, "--special-token", "<|endoftext|>=50256", "--no-progress"]) == 0
+    assert (tmp_path / "z.pbin").read_bytes() == reference_pbin(src)
 
 
 def test_summary_line_reports_counts(write_jsonl, tmp_path, capsys):
