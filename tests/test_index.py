@@ -75,3 +75,17 @@ def test_index_of_another_file_is_refused(write_jsonl, tmp_path, capsys):
     idx.write_bytes(b"\x80\x04garbage")
     assert pack.main([str(src), "-o", str(tmp_path / "o.pbin"), "--index", str(idx), "--tokenizer", "gpt2"]) == 1
     assert "other.idx: not a raw index" in capsys.readouterr().err
+
+
+def test_bad_line_named_by_index_entry(write_jsonl, tmp_path, capsys):
+    src = write_jsonl([RECORDS[0], b'{"text": 7}', RECORDS[1]])
+    entries = reference_index(src)
+    idx = tmp_path / "all.idx"
+    idx.write_bytes(pickle.dumps(entries, protocol=4))  # an index that did not validate the text key
+    dst = tmp_path / "o.pbin"
+    assert pack.main([str(src), "-o", str(dst), "--index", str(idx), "--tokenizer", "gpt2", "--no-progress"]) == 1
+    assert f"{src}: index entry 2 (byte offset {entries[1][0]}): text field is not a string" in capsys.readouterr().err
+    assert not dst.exists()
+    assert pack.main([str(src), "-o", str(dst), "--index", str(idx), "--tokenizer", "gpt2", "--no-progress",
+                      "--on-bad-line", "skip"]) == 0
+    assert "skipped 1 lines (text field is not a string: 1)" in capsys.readouterr().out
