@@ -1,12 +1,10 @@
 """The real training step of a config, built for timing: the trainer's own builders, without its loop.
 
 A benchmark that re-implemented the model setup or the step would measure something else than what
-`perfkit train` runs. So this module calls the trainer's pieces - `build_model` (per-block compile
-+ FSDP2 + mixed precision), `build_loss_fn` (compiled with the blocks), `build_optimizer`,
-`build_scheduler`, the .pbin `TrainLoader`, the backend flags and `train_step` (accumulation,
-clipping, the non-finite guard) - and leaves out only what is not training throughput: evaluation,
-checkpoints, metrics files. perfkit.train.setup.run builds these inline, so the calls are mirrored
-here; tests/test_bench_train.py fails when setup.run gains a builder or backend flag this file lacks.
+`perfkit train` runs. So the parts come from the trainer's own `perfkit.train.setup.build_train_parts`
+(backend flags, per-block compile + FSDP2 + mixed precision, compiled loss, optimizer, schedule,
+.pbin loader, non-finite guard) and each step is the trainer's `train_step`; left out is only what
+is not training throughput: evaluation, checkpoints, metrics files.
 
 Synthetic data (`--synthetic`): random token ids of the configured shape (int64 (B, S) inputs and
 targets), made once on the device and cycled, so no data file is needed and no time waits for data.
@@ -73,52 +71,41 @@ class BenchParts:
     cfg: Config
     env: Env
     plan: Plan
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    loader: Any               # TrainLoader or SyntheticBatches: next_batch(), time_waiting_s, close()
-    loss_fn: Any              # perfkit.train.parallelize.build_loss_fn: compiled when the blocks are
-    guard: Any                # perfkit.train.faults.NonFiniteGuard, as the trainer uses it
+    train: Any                # perfkit.train.loop.TrainParts, built by the trainer's own builder
     steps_done: int = 0
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.train.model
+
+    @property
+    def loader(self):         # TrainLoader or SyntheticBatches: next_batch(), time_waiting_s, close()
+        return self.train.loader
+
+    @property
+    def guard(self):          # perfkit.train.faults.NonFiniteGuard, as the trainer uses it
+        return self.train.guard
 
     def step(self):
         """One optimizer step exactly as perfkit.train.loop runs it (no host sync inside)."""
         from perfkit.train.step import train_step
 
+        t = self.train
         self.steps_done += 1
-        return train_step(self.model, self.optimizer, self.scheduler, self.loader.next_batch, self.loss_fn,
+        return train_step(t.model, t.optimizer, t.scheduler, t.loader.next_batch, t.loss_fn,
                           grad_accum=self.plan.grad_accum_steps, grad_clip=self.cfg.training.grad_clip,
-                          guard=self.guard, step_number=self.steps_done)
+                          guard=t.guard, step_number=self.steps_done)
 
     def close(self) -> None:
         self.loader.close()
 
 
-def configure_backends(cfg: Config, env: Env) -> None:
-    """The process-wide flags perfkit.train.setup.run sets before building (same condition)."""
-    if env.device.type == "cuda" and cfg.parallel.mixed_precision == "bf16":
-        torch.backends.cuda.matmul.allow_tf32 = True  # only the few fp32 matmuls outside the bf16 compute
-
-
 def build_parts(cfg: Config, env: Env, plan: Plan, synthetic: bool) -> BenchParts:
     """Model, loss, optimizer, schedule and data of one rank (the process group must exist)."""
-    from perfkit.data.loader import build_train_loader
-    from perfkit.train.faults import NonFiniteGuard
-    from perfkit.train.optimizer import build_optimizer
-    from perfkit.train.parallelize import build_loss_fn, build_model
-    from perfkit.train.schedules import build_scheduler
+    from perfkit.train.setup import build_train_parts
 
-    configure_backends(cfg, env)
-    model = build_model(cfg.model, cfg.parallel, env.device, cfg.run.seed)
-    optimizer = build_optimizer(model, cfg.optimizer, env.device)
-    scheduler = build_scheduler(cfg.scheduler, cfg.optimizer, optimizer, plan.max_steps)
+    loader = None
     if synthetic:
         loader = SyntheticBatches(cfg.model.vocab_size, cfg.training.micro_batch_size,
                                   cfg.model.sequence_length, env.device, env.rank)
-    else:
-        loader = build_train_loader(cfg.data, seq_len=cfg.model.sequence_length,
-                                    micro_batch_size=cfg.training.micro_batch_size, rank=env.rank,
-                                    world_size=env.world_size, device=env.device)
-    return BenchParts(cfg=cfg, env=env, plan=plan, model=model, optimizer=optimizer, scheduler=scheduler,
-                      loader=loader, loss_fn=build_loss_fn(cfg.parallel),
-                      guard=NonFiniteGuard(cfg.training.on_nonfinite))
+    return BenchParts(cfg=cfg, env=env, plan=plan, train=build_train_parts(cfg, env, plan, loader=loader))

@@ -159,25 +159,21 @@ def test_compare_keeps_the_other_variant_when_one_fails(tmp_path, capsys, monkey
     assert "variant torch failed: MemoryError" in captured.err and "failed: torch" in captured.out
 
 
-def test_bench_builds_what_the_trainer_builds():
-    """A tripwire: perfkit.train.setup.run builds the training parts inline, and the bench mirrors
-    those calls (bench/train_parts.py). A builder or torch.backends flag added to the trainer but not
-    to the bench would make the bench time another step than `perfkit train` runs."""
-    import ast
-    import inspect
-
-    from perfkit.bench import train_parts
+def test_bench_builds_through_the_trainers_builder(tmp_path, monkeypatch):
+    """The bench must time what `perfkit train` runs: its parts come from the trainer's own
+    perfkit.train.setup.build_train_parts (the one builder both use), not from a copy."""
     from perfkit.train import setup
 
-    tree = ast.parse(inspect.getsource(setup.run))
-    calls = {n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", "")
-             for n in ast.walk(tree) if isinstance(n, ast.Call)}
-    not_throughput = {"build_val_loader"}  # evaluation is not part of the timed step
-    builders = sorted(c for c in calls if c.startswith("build_") and c not in not_throughput)
-    flags = sorted(ast.unparse(t) for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
-                   if ast.unparse(t).startswith("torch.backends."))
-    bench_source = inspect.getsource(train_parts)
-    assert "build_model" in builders and "build_optimizer" in builders  # the parse found the builders
-    missing = [name for name in builders + flags if name not in bench_source]
-    assert not missing, (f"perfkit.train.setup.run uses {missing} but bench/train_parts.py does not: mirror it "
-                         "there (better: one shared builder for both)")
+    seen = []
+    real = setup.build_train_parts
+
+    def spy(cfg, env, plan, loader=None):
+        parts = real(cfg, env, plan, loader=loader)
+        seen.append((type(loader).__name__, parts))
+        return parts
+
+    monkeypatch.setattr(setup, "build_train_parts", spy)
+    rc, records = bench(tmp_path, "--synthetic")
+    assert rc == 0 and len(records) == 1
+    assert [name for name, _ in seen] == ["SyntheticBatches"]
+    assert seen[0][1].val_loader is None  # evaluation is not part of the timed step

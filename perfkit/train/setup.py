@@ -61,32 +61,48 @@ def check_data(cfg: Config, chunk_tokens: int = 1 << 26) -> None:
                                  f"was it packed with another tokenizer?")
 
 
-def _checkpointer(cfg: Config, run_dir: Path, parts, resolved: dict):
-    """perfkit.checkpoint's Checkpointer when that package is installed (it is part of perfkit)."""
-    try:
-        from perfkit.checkpoint import Checkpointer
-    except ImportError:
-        return None
-    return Checkpointer(cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer,
-                        scheduler=parts.scheduler, loader=parts.loader, progress=parts.progress,
-                        model_config=cfg.model, config=resolved, faults=parts.guard)
+def configure_backends(cfg: Config, env: Env) -> None:
+    """Process-wide numeric flags, set before anything is built."""
+    if env.device.type == "cuda" and cfg.parallel.mixed_precision == "bf16":
+        # the few fp32 matmuls outside the bf16 compute may use TF32 (an fp32 run stays exact fp32)
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None):
+    """Model, optimizer, schedule, data, loss and non-finite guard of one rank (the process group
+    must exist). The trainer and `perfkit bench` both build through here, so the benchmark times
+    exactly what training runs. `loader`: a stand-in for the .pbin TrainLoader (the bench's
+    synthetic batches); then no validation loader is built."""
+    from perfkit.data.loader import build_train_loader, build_val_loader
+    from perfkit.train.faults import NonFiniteGuard
+    from perfkit.train.loop import TrainParts
+    from perfkit.train.optimizer import build_optimizer
+    from perfkit.train.parallelize import build_loss_fn, build_model
+    from perfkit.train.schedules import build_scheduler
+
+    configure_backends(cfg, env)
+    model = build_model(cfg.model, cfg.parallel, env.device, cfg.run.seed)
+    optimizer = build_optimizer(model, cfg.optimizer, env.device)
+    scheduler = build_scheduler(cfg.scheduler, cfg.optimizer, optimizer, plan.max_steps)
+    loader_args = dict(seq_len=cfg.model.sequence_length, micro_batch_size=cfg.training.micro_batch_size,
+                       rank=env.rank, world_size=env.world_size, device=env.device)
+    val_loader = None
+    if loader is None:
+        loader = build_train_loader(cfg.data, **loader_args)
+        val_loader = build_val_loader(cfg.data, **loader_args)
+    return TrainParts(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
+                      val_loader=val_loader, loss_fn=build_loss_fn(cfg.parallel),
+                      guard=NonFiniteGuard(cfg.training.on_nonfinite))
 
 
 def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
     """Create the process group, build everything, train; always tears the group down."""
+    from perfkit.checkpoint import Checkpointer
     from perfkit.metrics import MetricsLogger, peak_flops
-    from perfkit.data.loader import build_train_loader, build_val_loader
     from perfkit.train import loop, run_folder
-    from perfkit.train.faults import NonFiniteGuard
-    from perfkit.train.optimizer import build_optimizer
-    from perfkit.train.parallelize import build_loss_fn, build_model
     from perfkit.train.preemption import PreemptionGuard
-    from perfkit.train.schedules import build_scheduler
 
     distributed.init(env, cfg.parallel)
-    if env.device.type == "cuda" and cfg.parallel.mixed_precision == "bf16":
-        # the few fp32 matmuls outside the bf16 compute may use TF32 (an fp32 run stays exact fp32)
-        torch.backends.cuda.matmul.allow_tf32 = True
     try:
         exp_id = cfg.run.experiment_id or run_folder.new_experiment_id(resolved)
         exp_id = distributed.broadcast_object(exp_id)  # rank 0's timestamp for everyone
@@ -104,19 +120,12 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
                   f"{plan.max_steps} steps x {plan.tokens_per_step:,} tokens, grad accumulation "
                   f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}", flush=True)
 
-        model = build_model(cfg.model, cfg.parallel, env.device, cfg.run.seed)
-        optimizer = build_optimizer(model, cfg.optimizer, env.device)
-        scheduler = build_scheduler(cfg.scheduler, cfg.optimizer, optimizer, plan.max_steps)
-        loader_args = dict(seq_len=cfg.model.sequence_length, micro_batch_size=cfg.training.micro_batch_size,
-                           rank=env.rank, world_size=env.world_size, device=env.device)
-        loader = build_train_loader(cfg.data, **loader_args)
-        val_loader = build_val_loader(cfg.data, **loader_args)
-        parts = loop.TrainParts(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
-                                val_loader=val_loader, loss_fn=build_loss_fn(cfg.parallel),
-                                guard=NonFiniteGuard(cfg.training.on_nonfinite))
-        parts.checkpointer = _checkpointer(cfg, run_dir, parts, resolved)
-        if parts.checkpointer is not None:
-            parts.checkpointer.restore()  # resume / warm start; mutates parts in place
+        parts = build_train_parts(cfg, env, plan)
+        parts.checkpointer = Checkpointer(
+            cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
+            loader=parts.loader, progress=parts.progress, model_config=cfg.model, config=resolved,
+            faults=parts.guard)
+        parts.checkpointer.restore()  # resume / warm start; mutates parts in place
         device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
         metrics = MetricsLogger(cfg.metrics, run_dir, enabled=env.is_main, max_steps=plan.max_steps)
         try:
@@ -126,6 +135,6 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
                                   peak_flops(device_name))
         finally:
             metrics.close()
-            loader.close()
+            parts.loader.close()
     finally:
         distributed.shutdown()
