@@ -18,6 +18,7 @@ only when a picture is drawn, with the non-interactive Agg canvas (no display ne
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import statistics
@@ -45,7 +46,30 @@ class RunMetrics:
     tokens_per_s: list[float] = field(default_factory=list)
     val_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    seen: dict[int, int] = field(default_factory=dict)       # step -> tokens_seen (train records)
     warnings: list[str] = field(default_factory=list)
+
+    def tokens_at(self, steps: list[int]) -> list[float]:
+        """Tokens trained on at each step: tokens_seen of that step's train record, else
+        interpolated between the neighbouring records (from step 0 with 0 tokens), and past the
+        last record extrapolated with its tokens per step. Raises MetricsError without tokens_seen."""
+        if not self.seen:
+            raise MetricsError(f"{self.path}: no `tokens_seen` in the train records; plot over steps instead")
+        known = sorted(self.seen.items())
+        if known[0][0] != 0:
+            known.insert(0, (0, 0))
+        out = []
+        for step in steps:
+            i = bisect.bisect_left(known, (step, -1))
+            if i < len(known) and known[i][0] == step:
+                out.append(float(known[i][1]))
+                continue
+            if len(known) < 2:  # only a step-0 record: nothing to scale by
+                out.append(float(known[0][1]))
+                continue
+            (s0, t0), (s1, t1) = (known[i - 1], known[i]) if i < len(known) else (known[-2], known[-1])
+            out.append(t0 + (t1 - t0) * (step - s0) / (s1 - s0))
+        return out
 
 
 def metrics_path(run: str | Path) -> Path:
@@ -100,6 +124,9 @@ def read_metrics(run: str | Path, label: str | None = None) -> RunMetrics:
         elif kind == "train":
             train[step] = (_number(record.get("loss"), where, "loss"),
                            _number(record.get("tokens_per_s_per_gpu"), where, "tokens_per_s_per_gpu"))
+            seen = _number(record.get("tokens_seen"), where, "tokens_seen")
+            if seen is not None and math.isfinite(seen):
+                out.seen[step] = int(seen)
         # other kinds (a later trainer may add some) are not plotted
     if not train and not val:
         raise MetricsError(f"{path}: no training or validation records (has the run logged a step yet?)")
@@ -146,28 +173,40 @@ def summary(r: RunMetrics) -> str:
     return " ".join(parts[:2]) + (", " + ", ".join(parts[2:]) if len(parts) > 2 else "")
 
 
-def draw(runs: list[RunMetrics], output: Path, title: str | None = None, log_loss: bool = False) -> None:
-    """Write the two-panel figure. Raises ImportError when matplotlib is missing."""
+def draw(runs: list[RunMetrics], output: Path, title: str | None = None, log_loss: bool = False,
+         x: str = "step") -> None:
+    """Write the two-panel figure over steps or tokens trained on (x = "step" | "tokens").
+    Raises ImportError when matplotlib is missing, MetricsError when a run lacks tokens_seen."""
+    def xs(r: RunMetrics, steps: list[int]) -> list[float]:
+        return r.tokens_at(steps) if x == "tokens" else steps
+
+    if x == "tokens":
+        for r in runs:
+            r.tokens_at([])  # fail before matplotlib is imported
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+    from matplotlib.ticker import EngFormatter
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_loss, ax_tok = fig.subplots(1, 2)
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for r, color in zip(runs, colors):
         if r.train_steps:
-            ax_loss.plot(r.train_steps, r.train_loss, color=color, lw=1.5, label=f"{r.label} train")
+            ax_loss.plot(xs(r, r.train_steps), r.train_loss, color=color, lw=1.5, label=f"{r.label} train")
         if r.val_steps:
-            ax_loss.plot(r.val_steps, r.val_loss, color=color, ls="--", marker="o", ms=5, lw=1,
+            ax_loss.plot(xs(r, r.val_steps), r.val_loss, color=color, ls="--", marker="o", ms=5, lw=1,
                          label=f"{r.label} val")
         if r.tok_steps:
-            ax_tok.plot(r.tok_steps, r.tokens_per_s, color=color, lw=1.5, marker=".", label=r.label)
-    ax_loss.set(xlabel="step", ylabel="loss (cross-entropy per token)", title="loss")
+            ax_tok.plot(xs(r, r.tok_steps), r.tokens_per_s, color=color, lw=1.5, marker=".", label=r.label)
+    xlabel = "tokens trained on" if x == "tokens" else "step"
+    ax_loss.set(xlabel=xlabel, ylabel="loss (cross-entropy per token)", title="loss")
     if log_loss:
         ax_loss.set_yscale("log")
-    ax_tok.set(xlabel="step", ylabel="tokens/s per GPU", title="throughput")
+    ax_tok.set(xlabel=xlabel, ylabel="tokens/s per GPU", title="throughput")
     ax_tok.set_ylim(bottom=0)
     for ax in (ax_loss, ax_tok):
         ax.grid(True, alpha=0.3)
+        if x == "tokens":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 50k, 1.5M, 2G: no overlapping digits
         if ax.has_data():
             ax.legend(fontsize="small")
     if title:
@@ -187,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="legend name of a run, once per RUN in order (default: the folder name)")
     parser.add_argument("--title", help="figure title")
     parser.add_argument("--log-loss", action="store_true", help="logarithmic loss axis")
+    parser.add_argument("--x", choices=("step", "tokens"), default="step",
+                        help="x axis: optimizer step (default) or tokens trained on (compares runs "
+                             "with different batch sizes)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.label and len(args.label) != len(args.runs):
         parser.error(f"--label given {len(args.label)} times for {len(args.runs)} runs")
@@ -202,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         for w in r.warnings:
             print(f"perfkit plot: warning: {w}", file=sys.stderr)
     try:
-        draw(runs, args.output, args.title, args.log_loss)
+        draw(runs, args.output, args.title, args.log_loss, args.x)
+    except MetricsError as e:
+        print(f"perfkit plot: {e}", file=sys.stderr)
+        return 1
     except ImportError:
         print(f"perfkit plot: matplotlib is not installed; {INSTALL_HINT}", file=sys.stderr)
         return 1

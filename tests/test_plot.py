@@ -170,3 +170,30 @@ def test_unwritable_output_is_reported(tmp_path, capsys):
 def test_help_lists_plot(capsys):
     assert cli.main(["--help"]) == 0
     assert "plot" in capsys.readouterr().out
+
+
+def test_tokens_axis_interpolates_val_steps(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "kind": "train", "loss": 3.0, "tokens_seen": 1000}\n'
+                    '{"step": 20, "kind": "train", "loss": 2.0, "tokens_seen": 2000}\n'
+                    '{"step": 15, "kind": "val", "val_loss": 2.5}\n'
+                    '{"step": 25, "kind": "val", "val_loss": 2.4}\n')
+    m = plot.read_metrics(path)
+    assert m.tokens_at(m.train_steps) == [1000.0, 2000.0]
+    assert m.tokens_at([5, 15, 25]) == [500.0, 1500.0, 2500.0]  # from (0, 0); past the end extrapolated
+
+
+def test_tokens_axis_needs_tokens_seen(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "kind": "train", "loss": 3.0}\n')
+    assert plot.main([str(path), "-o", str(tmp_path / "o.png"), "--x", "tokens"]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "tokens_seen" in err
+
+
+def test_tokens_axis_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    a = _write_run(tmp_path / "a")
+    out = tmp_path / "t.png"
+    assert plot.main([str(a), "-o", str(out), "--x", "tokens"]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC
