@@ -91,6 +91,11 @@ def read_metrics(run: str | Path, label: str | None = None) -> RunMetrics:
     path = metrics_path(run)
     if not path.exists():
         hint = "" if Path(run).exists() else f" ({run} does not exist)"
+        if Path(run).is_dir():
+            inner = sorted(p.parent.name for p in Path(run).glob(f"*/{METRICS_FILE}"))
+            if inner:
+                raise MetricsError(f"{path}: no such file; {run} holds run folders ({', '.join(inner[:5])}"
+                                   f"{', ...' if len(inner) > 5 else ''}): pass those, e.g. {Path(run) / '*'}")
         raise MetricsError(f"{path}: no such file{hint}; is {run} a run folder "
                            f"(<run.root>/<experiment_id>/, written with $.metrics.jsonl = true)?")
     try:

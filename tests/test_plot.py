@@ -197,3 +197,11 @@ def test_tokens_axis_png(tmp_path):
     out = tmp_path / "t.png"
     assert plot.main([str(a), "-o", str(out), "--x", "tokens"]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_runs_root_points_at_its_run_folders(tmp_path, capsys):
+    _write_run(tmp_path / "runs" / "a")
+    _write_run(tmp_path / "runs" / "b")
+    assert plot.main([str(tmp_path / "runs"), "-o", str(tmp_path / "o.png")]) == 1
+    err = capsys.readouterr().err
+    assert "holds run folders (a, b)" in err and str(tmp_path / "runs" / "*") in err
