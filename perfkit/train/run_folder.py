@@ -14,8 +14,27 @@ from pathlib import Path
 from typing import Any
 
 
+# What a run *is* excludes how it is launched and observed: the checkpoint policy (resume=auto is
+# typically added only on the requeue), logging intervals, the folder names, and derived values
+# such as the world size (a run may resume on another number of ranks). Two launches that differ
+# only there continue the same run, so `checkpoint.resume=auto` finds it by this hash.
+_NOT_IDENTITY = {"checkpoint": None, "metrics": None, "derived": None,
+                 "run": ("root", "experiment_id", "device")}
+
+
+def run_identity(config: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for section, values in config.items():
+        if section in _NOT_IDENTITY and _NOT_IDENTITY[section] is None:
+            continue
+        if section in _NOT_IDENTITY and isinstance(values, dict):
+            values = {k: v for k, v in values.items() if k not in _NOT_IDENTITY[section]}
+        out[section] = values
+    return out
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    blob = json.dumps(run_identity(config), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:8]
 
 
