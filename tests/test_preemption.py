@@ -80,15 +80,19 @@ def test_second_signal_exits_at_once():
     script = textwrap.dedent("""
         import os, signal, time
         from perfkit.train.preemption import PreemptionGuard
-        guard = PreemptionGuard()
+        guard = PreemptionGuard(duplicate_window_s=0.5)
         os.kill(os.getpid(), signal.SIGINT)
         print("first handled", flush=True)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # within the window: the same request delivered twice
+        print("duplicate ignored", guard.should_stop(), flush=True)
+        time.sleep(0.6)
+        os.kill(os.getpid(), signal.SIGINT)  # after it: the user insists
         time.sleep(5)
         print("not reached", flush=True)
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 130 and "first handled" in r.stdout and "not reached" not in r.stdout
+    assert "duplicate ignored True" in r.stdout
 
 
 # ---------------------------------------------------------------- the real trainer

@@ -5,7 +5,10 @@ so a scheduler sees the same code as for an unhandled signal but the checkpoint 
     143  SIGTERM received; all ranks saved a checkpoint at the step boundary and exited
     130  SIGINT (Ctrl-C) received; same
 A second signal while the first is pending (or while saving) exits at once with the same code,
-without saving: the escape hatch when a save hangs.
+without saving: the escape hatch when a save hangs. A repeat of the *same* signal within
+`duplicate_window_s` (1 s) of the first is not a second request but the same one delivered twice
+(a scheduler that signals every process and torchrun forwarding its own copy): it is ignored, so
+the save still happens.
 
 Under torchrun, a SIGTERM to the launcher is forwarded to every worker (which save and exit 143),
 but the launcher itself then exits 1 and kills workers that take longer than its grace period
@@ -32,6 +35,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -41,11 +45,14 @@ EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 class PreemptionGuard:
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
-                 group: dist.ProcessGroup | None = None, check_every: int = 1):
+                 group: dist.ProcessGroup | None = None, check_every: int = 1,
+                 duplicate_window_s: float = 1.0):
         """`group`: a gloo group for the agreement (None: one is created when the default group
         is not gloo). `check_every` > 1 agrees only every so many steps (for very short steps)."""
         self.received: int | None = None   # the first signal number seen by this rank
         self.check_every = max(1, check_every)
+        self.duplicate_window_s = duplicate_window_s
+        self._received_at = 0.0            # time.monotonic() of the first signal
         self._calls = 0
         self._previous: dict[int, object] = {}
         self._group = group
@@ -67,11 +74,13 @@ class PreemptionGuard:
         return EXIT_CODES.get(self.received, 128 + int(self.received))
 
     def _handle(self, signum, frame) -> None:
+        if self.received == signum and time.monotonic() - self._received_at < self.duplicate_window_s:
+            return  # the same request delivered twice (e.g. by the scheduler and by torchrun)
         if self.received is not None:
             # second signal: the user or scheduler insists; do not wait for a save
             print(f"preemption: second signal {signal.Signals(signum).name}, exiting now", file=sys.stderr, flush=True)
             os._exit(EXIT_CODES.get(signum, 128 + signum))
-        self.received = signum
+        self.received, self._received_at = signum, time.monotonic()
         print(f"preemption: {signal.Signals(signum).name} received, saving at the next step boundary "
               "(send it again to exit at once)", file=sys.stderr, flush=True)
 
