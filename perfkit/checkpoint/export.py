@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 
+from perfkit.atomic import atomic_output
 from perfkit.checkpoint import layout
 from perfkit.checkpoint.layout import CheckpointError
 
@@ -61,13 +62,8 @@ def export_checkpoint(source: str | os.PathLike, out: str | os.PathLike, dtype: 
     blob = {"format": FORMAT, "model_config": model_config, "state_dict": state_dict, "dtype": dtype,
             "step": layout.step_of(checkpoint) or 0, "source": str(checkpoint)}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(out) as tmp:
         torch.save(blob, tmp)  # written aside, then renamed: a killed export leaves no torn file
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -26,6 +26,7 @@ import re
 import shutil
 import zlib
 from pathlib import Path
+from perfkit.atomic import fsync_dir
 
 MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
@@ -140,14 +141,14 @@ def write_manifest_and_commit(partial: Path, final: Path, entries: dict[str, dic
     manifest = {"format": _FORMAT, "step": step, "files": entries}
     _write_synced(partial / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     _write_synced(partial / MARKER, json.dumps({"manifest_sha256": _sha256(partial / MANIFEST)}))
-    _fsync_dir(partial)
+    fsync_dir(partial)
     old = None
     if final.exists():
         old = final.with_name(final.name + ".replaced")
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
     os.rename(partial, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -213,16 +214,3 @@ def _write_synced(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not support fsync on directories
-    finally:
-        os.close(fd)

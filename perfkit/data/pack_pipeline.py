@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perfkit.atomic import fsync_dir
 from perfkit.data.jsonl import BadLineError
 from perfkit.data.pack_worker import ChunkResult, PackJob, pwrite_all, worker_main
 from perfkit.data.pbin import HEADER_SIZE, encode_header, iter_index_pickle
@@ -134,7 +135,7 @@ def run_pack(job: PackJob, tasks: list[tuple], dst: Path, tokenizer, workers: in
             p.join(timeout=30)
         _finish_file(job, doc_tokens, stats)
         os.replace(job.tmp_dst, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
         stats.seconds = time.monotonic() - t0
         if meter.tty:
             meter.update(stats, force=True)
@@ -265,19 +266,6 @@ def _finish_file(job: PackJob, doc_tokens: list[np.ndarray], stats: PackStats) -
             pos += len(piece)
         os.pwrite(fd, encode_header(data_len, width), 0)
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 

@@ -13,11 +13,13 @@ token segment is a zero-copy memory map.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
 import numpy as np
 
+from perfkit.atomic import write_atomic
 from perfkit.data.pack_index_pickle import (IndexPickleError, encode_index_pickle, iter_index_pickle,
                                       parse_index_pickle)
 
@@ -178,15 +180,5 @@ def write_pbin(path: str | os.PathLike, tokens: np.ndarray, doc_lengths_tokens: 
         raise ValueError("doc_lengths_tokens must sum to the number of tokens")
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if lengths.size else lengths
     data = tokens.astype(dtype).tobytes()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(encode_header(len(data), token_width))
-            f.write(data)
-            for piece in iter_index_pickle(offsets, lengths):
-                f.write(piece)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, itertools.chain([encode_header(len(data), token_width), data],
+                                       iter_index_pickle(offsets, lengths)))

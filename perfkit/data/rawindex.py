@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perfkit.atomic import write_atomic
 from perfkit.data.jsonl import BadLineError, TextExtractor, extract_texts, parse_text_key, read_line_chunk
 from perfkit.data.pack_index_pickle import IndexPickleError, iter_index_pickle, parse_index_pickle
 
@@ -87,20 +88,6 @@ def build_raw_index(src: Path, key_path: tuple[str, ...], workers: int, on_bad_l
     if not offsets:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(offsets), np.concatenate(lengths)
-
-
-def write_atomic(dst: Path, pieces) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for piece in pieces:
-                f.write(piece)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _Terminated(Exception):
