@@ -57,7 +57,8 @@ def train_demo(preprocessed: Path, steps: int = 0) -> int:
     exp_id = f"demo_{name}_{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d__%H-%M-%S}"
     argv = [str(_configs_dir() / f"{name}.toml"), f"--run.experiment_id={exp_id}",
             f'--data.train=["{preprocessed / "shakespeare_train.pbin"}"]',
-            f'--data.val=["{preprocessed / "shakespeare_val.pbin"}"]']
+            f'--data.val=["{preprocessed / "shakespeare_val.pbin"}"]',
+            "--checkpoint.save_at_end=true"]  # the demo ends with a checkpoint to resume, export, sample
     if steps:
         argv.append(f"--training.max_steps={steps}")
     print(f"demo: training configs/{name}.toml ({'CUDA' if name == 'tutorial' else 'CPU'})", flush=True)
@@ -72,7 +73,14 @@ def train_demo(preprocessed: Path, steps: int = 0) -> int:
         best = max(r["tokens_per_s_per_gpu"] for r in train)
         print(f"demo: loss {train[0]['loss']:.3f} (step {train[0]['step']}) -> {train[-1]['loss']:.3f} "
               f"(step {train[-1]['step']}); up to {best:,.0f} tokens/s per {'GPU' if name == 'tutorial' else 'process'}")
+    val = [r for r in records if r["kind"] == "val"]
+    if val:
+        print(f"demo: validation loss {val[-1]['val_loss']:.3f} at step {val[-1]['step']}")
     print(f"demo: run folder {run_dir}\ndemo: tensorboard --logdir {run_dir / 'tensorboard'}")
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*[0-9]"))
+    if checkpoints:
+        print(f"demo: checkpoint {checkpoints[-1]}  (next: perfkit export {run_dir} -o model.pt; "
+              f"perfkit generate {run_dir} --prompt 'ROMEO.')")
     return 0
 
 
