@@ -17,6 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import interpreter_compat
+
+interpreter_compat.apply()  # Triton 3.6 interpreter + NumPy >= 2.4 (tests only)
+
 # Widest row kept entirely in registers; wider rows are processed in chunks (two passes over HBM).
 MAX_SINGLE_PASS_N = 16384
 CHUNK_N = 4096

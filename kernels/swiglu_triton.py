@@ -12,7 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import interpreter_compat
 from .rms_norm_triton import as_rows
+
+interpreter_compat.apply()  # Triton 3.6 interpreter + NumPy >= 2.4 (tests only)
 
 MAX_BLOCK_F = 1024
 TILE_ELEMENTS = 4096
