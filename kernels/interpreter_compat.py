@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 import types
+import warnings
 
 import numpy as np
 
@@ -26,8 +27,10 @@ def _index_works(patch_lang_tensor) -> bool:
     try:
         probe = probe_cls()
         probe.handle = types.SimpleNamespace(data=np.array([3], dtype=np.int32))
-        return operator.index(probe) == 3
-    except TypeError:
+        with warnings.catch_warnings():  # NumPy 1.25-2.3 only warn: patch there too, warning-free
+            warnings.simplefilter("error", DeprecationWarning)
+            return operator.index(probe) == 3
+    except (TypeError, DeprecationWarning):
         return False
     finally:
         scope.restore()
