@@ -175,7 +175,7 @@ def _driver(argv: list[str]) -> int:
         elif where == "manifest":
             wrap(layout, "_write_synced", lambda p, *r: tag in str(p) and p.name == layout.MARKER)
         elif where == "marker":
-            wrap(layout, "_fsync_dir", lambda p, *r: p.name == tag + layout.PARTIAL_SUFFIX)
+            wrap(layout, "fsync_dir", lambda p, *r: p.name == tag + layout.PARTIAL_SUFFIX)
         else:
             raise SystemExit(f"unknown kill point {where}")
         assert checkpointer.layout is layout
