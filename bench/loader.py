@@ -17,7 +17,6 @@ Uses the demo corpus data/preprocessed/shakespeare_train.pbin if present, else a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import platform
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from perfkit.bench.records import append_jsonl
 
 DEMO_PBIN = Path("data/preprocessed/shakespeare_train.pbin")
 
@@ -164,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "ok" if host >= 100e6 else "BELOW TARGET"
             print(f"{B:>4} {host / 1e6:>12.0f} {loader / 1e6:>14.0f} {share:>11}  {verdict}")
     if args.json:
-        with open(args.json, "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        append_jsonl(args.json, rows)
     return 0
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from perfkit.bench.records import append_jsonl
+
 EOT, EOT_ID = "<|endoftext|>", 50256
 DEFAULT_JSON = Path("bench/results/modalities_compare.jsonl")
 
@@ -426,9 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                "ratio_wall": mtot / pk["wall"], "all_rounds": [{k: v for k, v in r.items() if k != "paths"}
                                                                for r in rounds],
                "load_after": list(os.getloadavg()), "compare": cmp, "verdict": verdict}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_jsonl(args.json, [rec])
     return 0
 
 

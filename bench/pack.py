@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from perfkit.bench.records import append_jsonl
+
 BASELINE = r"""
 import json, multiprocessing as mp, sys, time
 import msgspec, tiktoken
@@ -162,9 +164,7 @@ def bench_index(n: int, json_out: Path | None) -> int:
         rec = {"bench": "pack_index", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "docs": n,
                "bytes": len(ours), "identical": bool(same), "encode_s": t_enc, "parse_s": t_parse,
                "pickle_dumps_s": t_dumps, "pickle_loads_s": t_loads, "cpus": os.cpu_count()}
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        with open(json_out, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_jsonl(json_out, [rec])
     return 0 if same else 1
 
 
@@ -225,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
                "baseline": b, "pack": p, "ratio_internal": ratio_internal, "ratio_wall": ratio_wall,
                "ratio_procs_internal": procs_internal, "ratio_procs_wall": procs_wall}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_jsonl(args.json, [rec])
     return 0
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 # The repository root of the installed code (bench/ sits beside perfkit/ in the checkout), so the
 # commit is that of the code that ran, not of whatever folder the command was started in.
@@ -49,7 +48,9 @@ def cpu_name() -> str:
     return f"{name} ({cores} cores)"
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device) -> str:
+    import torch  # lazily: the pack and loader suites record results without importing torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_name()
@@ -63,7 +64,9 @@ def triton_version() -> str | None:
     return triton.__version__
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device) -> dict[str, Any]:
+    import torch
+
     commit, dirty = git_commit()
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
