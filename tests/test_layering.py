@@ -1,0 +1,86 @@
+"""The dependency direction of design.md, read from the source (imports inside functions count):
+
+cli -> train, data, bench; train -> model, data, checkpoint, metrics, config; model -> kernels;
+kernels -> torch and triton only; config -> nothing of ours; nothing imports cli or bench.
+"""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# package folder on disk -> its import name
+PACKAGES = {"perfkit": "perfkit", "kernels": "perfkit.kernels", "bench": "perfkit.bench"}
+
+# importer (module name prefix) -> perfkit parts it may import (prefixes); the first match wins
+ALLOWED = [
+    ("perfkit.cli", None),                 # the front door may import anything
+    ("perfkit.demo", None),                # the README's main job drives fetch, pack and train
+    ("perfkit.bench", None),
+    ("perfkit.config", ()),
+    ("perfkit.atomic", ()),
+    ("perfkit.kernels", ("perfkit.kernels",)),
+    ("perfkit.model", ("perfkit.model", "perfkit.kernels", "perfkit.config")),
+    ("perfkit.data", ("perfkit.data", "perfkit.config", "perfkit.atomic")),
+    ("perfkit.metrics", ("perfkit.config",)),
+    ("perfkit.plot", ()),
+    ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.config", "perfkit.atomic")),
+    ("perfkit.train", ("perfkit.train", "perfkit.model", "perfkit.data", "perfkit.checkpoint",
+                       "perfkit.metrics", "perfkit.config", "perfkit.atomic")),
+]
+
+
+def modules():
+    for folder, name in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            yield ".".join([name, *parts]), path, path.name == "__init__.py"
+
+
+def perfkit_imports(module: str, path: Path, is_package: bool) -> set[str]:
+    package = module if is_package else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("perfkit")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            if base.startswith("perfkit"):
+                found |= {f"{base}.{a.name}" if base in ("perfkit", "perfkit.data", "perfkit.train",
+                                                           "perfkit.model", "perfkit.checkpoint")
+                          else base for a in node.names}
+    return found
+
+
+def allowed_for(module: str):
+    if module == "perfkit":
+        return ()  # the package's __init__: no import-time side effects, no imports of its parts
+    for prefix, allowed in ALLOWED:
+        if module == prefix or module.startswith(prefix + "."):
+            return allowed
+    raise AssertionError(f"{module} has no layering rule: add one to tests/test_layering.py")
+
+
+def test_imports_follow_the_dependency_direction():
+    problems = []
+    for module, path, is_package in modules():
+        allowed = allowed_for(module)
+        for imported in perfkit_imports(module, path, is_package):
+            if imported.startswith(("perfkit.cli", "perfkit.bench")) and not module.startswith(
+                    ("perfkit.cli", "perfkit.bench")):
+                problems.append(f"{module} imports {imported}: nothing imports cli or bench")
+            elif allowed is not None and not any(imported == a or imported.startswith(a + ".")
+                                                 for a in allowed):
+                problems.append(f"{module} imports {imported}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_rule_table_sees_the_code():
+    """Guards the test itself: the walk finds the packages and real edges."""
+    edges = {m: perfkit_imports(m, p, pkg) for m, p, pkg in modules()}
+    assert len(edges) > 40
+    assert any(i.startswith("perfkit.kernels") for m, e in edges.items() if m.startswith("perfkit.model") for i in e)
+    assert any(i.startswith("perfkit.data") for m, e in edges.items() if m.startswith("perfkit.train") for i in e)
