@@ -177,21 +177,21 @@ def _produce(sampler: ResumableDistributedSampler, dataset: WindowDataset, devic
         while not stop.is_set():
             idx = sampler.batch(epoch, consumed)  # (B,) global sample indices
             inputs, targets, ready = stager.stage(idx, epoch)
-            item = (epoch, consumed, inputs, targets, ready)
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            _put_until_stopped(out, (epoch, consumed, inputs, targets, ready), stop)
             epoch, consumed = sampler.advance(epoch, consumed)
     except BaseException as e:  # hand the error to the training thread
-        while not stop.is_set():
-            try:
-                out.put(e, timeout=0.1)
-                break
-            except queue.Full:
-                continue
+        _put_until_stopped(out, e, stop)
+
+
+def _put_until_stopped(out: queue.Queue, item, stop: threading.Event) -> None:
+    """Block until the queue takes `item`, but give up when the loader is closed (polling, so a
+    closed loader never leaves this thread stuck on a full queue)."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 class _Stager:
