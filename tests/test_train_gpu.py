@@ -30,3 +30,43 @@ def test_bf16_compiled_run_on_cuda(tmp_path):
     else:
         assert train[-1]["mfu"] is None
     assert [r["step"] for r in records(run_dir, "val")] == [30, 60]
+
+
+def test_steps_between_logging_steps_never_sync_the_host(tmp_path, monkeypatch):
+    """CUDA's sync debug mode over the non-logging steps of a compiled bf16 run (tests/test_host_sync.py
+    is the CPU stand-in). The prefetch thread may wait on its own copy events (that is its job and
+    never stalls the training thread), so only syncs in the training thread count."""
+    import threading
+    import traceback
+    import warnings
+
+    import perfkit.train.loop as loop
+
+    real_step, n = loop.train_step, {"step": 0}
+    syncs: list[str] = []
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message) and threading.current_thread() is threading.main_thread():
+            syncs.append(f"step {n['step']}: {message}\n" + "".join(traceback.format_stack(limit=12)))
+
+    def watched_step(*args, **kwargs):
+        n["step"] += 1
+        if n["step"] <= 3 or n["step"] % 5 == 0:  # warm-up (lazy init, compile, probes) and logging steps
+            return real_step(*args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record  # restored when the block exits
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                return real_step(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(loop, "train_step", watched_step)
+    rc, _ = run_main(tmp_path, "nosync", **{
+        "run.device": "cuda", "parallel.mixed_precision": "bf16", "parallel.compile": "true",
+        "model.kernels": "triton", "training.max_steps": 12, "training.micro_batch_size": 8,
+        "training.grad_accum_steps": 2, "metrics.log_every": 5, "training.eval_every": 0, "data.val": "[]",
+        "checkpoint.save_at_end": "false", "optimizer.fused": "true"})
+    assert rc == 0 and n["step"] == 12
+    assert syncs == [], "\n".join(syncs[:3])

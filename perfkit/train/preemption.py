@@ -56,7 +56,8 @@ class PreemptionGuard:
         self._calls = 0
         self._previous: dict[int, object] = {}
         self._group = group
-        self._flag = torch.zeros(1, dtype=torch.int32)
+        self._flag = torch.zeros(1, dtype=torch.int32)   # host memory: gloo reduces it on the CPU
+        self._flag_host = self._flag.numpy()               # a view of it, read without a Tensor call
         if dist.is_available() and dist.is_initialized() and group is None:
             # all ranks must create the group together: doing it here, in the constructor every
             # rank runs, keeps the agreement call itself free of set-up
@@ -92,9 +93,9 @@ class PreemptionGuard:
         local = 0 if self.received is None else int(self.received)
         if not (dist.is_available() and dist.is_initialized()):
             return local != 0
-        self._flag[0] = local
+        self._flag_host[0] = local
         dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
-        agreed = int(self._flag[0])
+        agreed = int(self._flag_host[0])
         if agreed and self.received is None:
             self.received = agreed  # another rank got it: exit with the same code
         return agreed != 0
