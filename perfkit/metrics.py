@@ -18,11 +18,13 @@ from typing import Any
 
 from perfkit.config import MetricsConfig
 
-# Dense bf16 peak FLOP/s by GPU name; checked in order, so the more specific names come first.
+# Dense bf16 peak FLOP/s by GPU name (NVIDIA datasheets: the sparsity figures halved); checked in
+# order, so the more specific names come first.
 _PEAK_BF16 = (
-    ("H200", 989e12),
+    ("H200", 989e12),   # also GH200
     ("H100 PCIE", 756e12),
-    ("H100", 989e12),   # SXM (and the NVL/HBM3 names torch reports for SXM parts)
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),   # SXM: torch names it "NVIDIA H100 80GB HBM3"
     ("A100", 312e12),
 )
 

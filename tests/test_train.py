@@ -140,7 +140,7 @@ def test_metrics_peak_table_and_console_line(tmp_path):
     from perfkit.metrics import MetricsLogger, peak_flops, throughput
 
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 NVL") == 835e12
     assert peak_flops("NVIDIA H200") == 989e12 and peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops("NVIDIA GeForce RTX 4090") is None and peak_flops(None) is None
     tflops, mfu = throughput(500_000, 1e9, 989e12)
