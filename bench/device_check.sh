@@ -7,13 +7,15 @@
 #   env        nvidia-smi, versions, git commit                       -> OUTDIR/env.txt
 #   install    perfkit importable as perfkit.kernels / perfkit.bench (pip -e, else a symlink shim);
 #              msgspec from .whl/*.whl when the image lacks it (carry .whl with the call)
-#   train      perfkit bench configs/gpt2.toml --synthetic --compare kernels --profile
-#              -> OUTDIR/train.jsonl (both variants, each profiled after its timed steps: one process,
+#   train      perfkit bench configs/gpt2.toml --compare kernels --profile (on the demo .pbin when
+#              data/preprocessed travelled with the call, else --synthetic) -> OUTDIR/train.jsonl (both variants, each profiled after its timed steps: one process,
 #              so the compile of each variant is paid once); the Triton variant's rank-0 Chrome trace
 #              gzipped to OUTDIR/trace_rank0.json.gz when it is small enough
 #   gpu-tests  pytest -m gpu (the only place the CUDA tests of every part run)
 #   kernels    python -m perfkit.bench.kernels at the model's shapes           -> OUTDIR/kernels.jsonl
 #   loader     python -m perfkit.bench.loader                                  -> OUTDIR/loader.jsonl
+#   then, only while the budget lasts: kernels-wide (hidden 4096/8192 at 64k rows) and train-mb32
+#   (the Triton variant at micro-batch 32, a candidate default for gpt2.toml)
 # Every step has its own timeout and all share one deadline (BUDGET_S, default 465 s); a step that
 # fails or times out is recorded with its exit code and the next one runs. All output goes to
 # OUTDIR/steps.log; OUTDIR/summary.md gets the step table and the numbers (bench/device_summary.py).
@@ -115,7 +117,12 @@ record install "$install_rc" "$(( $(date +%s) - t0 ))" "$install_cmd"
 # ---- benchmarks and tests -----------------------------------------------------------------------
 CONFIG=${DEVICE_CHECK_CONFIG:-configs/gpt2.toml}
 read -r -a EXTRA <<<"${DEVICE_CHECK_EXTRA:-}"
-BENCH=("$PY" -m perfkit.cli bench "$CONFIG" --synthetic --json "$OUT/train.jsonl" --run.root="$RUNS" "${EXTRA[@]}")
+# The config's own .pbin when it travelled with the call (carry data/preprocessed: the demo corpus,
+# ~6 MB): then the timed step includes the real loader and its data wait. Else random tokens.
+DATA=(--synthetic)
+if [ -f data/preprocessed/shakespeare_train.pbin ] && [ -z "${DEVICE_CHECK_SYNTHETIC:-}" ]; then DATA=(); fi
+note "train data: ${DATA[*]:-the .pbin files of the config}"
+BENCH=("$PY" -m perfkit.cli bench "$CONFIG" "${DATA[@]}" --json "$OUT/train.jsonl" --run.root="$RUNS" "${EXTRA[@]}")
 step train 270 "${BENCH[@]}" --steps 12 --warmup 4 --compare kernels --profile --profile-steps 2
 
 trace=$(ls -t "$RUNS"/bench_*/trace_triton_rank0.json 2>/dev/null | head -1)
@@ -130,13 +137,16 @@ if [ -n "$trace" ]; then
     fi
 fi
 
-pytest_args=(-m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors)
+pytest_args=(-m gpu -v -rs -p no:cacheprovider --continue-on-collection-errors)  # -v: one line per test, so a timeout still shows which passed
 "$PY" -c "import pytest_timeout" 2>/dev/null && pytest_args+=(--timeout 120)
 # correctness tests only (no timing inside): 4 workers share the GPU and the 16 cores that compile
 "$PY" -c "import xdist" 2>/dev/null && pytest_args+=(-n 4)
 step gpu-tests 170 "$PY" -m pytest "${pytest_args[@]}"
 step kernels 100 "$PY" -m perfkit.bench.kernels --rows 16384 --hidden 768 2048 --json "$OUT/kernels.jsonl"
 step loader 45 "$PY" -m perfkit.bench.loader --batch 16 --seconds 1 --wait-steps 100 --json "$OUT/loader.jsonl"
+# ---- only if time is left: the rest of issue 4's shape grid, and a larger micro-batch for gpt2.toml
+step kernels-wide 90 "$PY" -m perfkit.bench.kernels --rows 65536 --hidden 4096 8192 --json "$OUT/kernels.jsonl"
+step train-mb32 120 "${BENCH[@]}" --steps 8 --warmup 3 --training.micro_batch_size=32
 
 # ---- summary ------------------------------------------------------------------------------------
 timeout 60 "$PY" bench/device_summary.py "$OUT" "$STEPS" 2>&1 | tee -a "$LOG" || {

@@ -64,11 +64,12 @@ def train_section(records: list[dict]) -> list[str]:
     for r in records:
         tok, st = r["tokens_per_s_per_gpu"], r["step_time_s"]
         rows.append([Path(r["config"]).name, r.get("variant") or "-", r["kernels_ran"],
-                     "on" if r["compile"] else "off", f"{tok['median']:,.0f}", f"{tok['p20']:,.0f}",
+                     "on" if r["compile"] else "off", "synthetic" if r.get("synthetic") else ".pbin",
+                     f"{r['micro_batch_size']}x{r['grad_accum_steps']}", f"{tok['median']:,.0f}", f"{tok['p20']:,.0f}",
                      f"{tok['p80']:,.0f}", f"{st['median'] * 1e3:.1f}", f"{r['tflops_per_gpu']:.3g}", _mfu(r),
                      _gib(r["peak_mem_allocated_gib"]), _gib(r["peak_mem_reserved_gib"]),
                      f"{r['data_wait_frac']:.2%}", f"{r['steps']}+{r['warmup']}w"])
-    out += _table(["config", "variant", "kernels", "compile", "tok/s/GPU median", "p20", "p80", "step ms",
+    out += _table(["config", "variant", "kernels", "compile", "data", "micro-batch x accum", "tok/s/GPU median", "p20", "p80", "step ms",
                    "TFLOP/s", "MFU", "alloc GiB", "reserved GiB", "data wait", "steps"], rows)
     out.append("")
     gpt2 = [r for r in records if Path(r["config"]).name == "gpt2.toml" and r["device"] == "cuda"]

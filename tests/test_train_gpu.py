@@ -12,30 +12,12 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def test_bf16_compiled_run_on_cuda(tmp_path):
-    from perfkit.metrics import peak_flops
-
-    rc, run_dir = run_main(tmp_path, "gpu", **{
-        "run.device": "cuda", "parallel.mixed_precision": "bf16", "parallel.compile": "true",
-        "parallel.init_device": "meta", "model.kernels": "triton", "training.max_steps": 60,
-        "training.micro_batch_size": 16, "metrics.log_every": 20, "training.eval_every": 30,
-    })
-    assert rc == 0
-    train = records(run_dir)
-    assert all(TRAIN_FIELDS <= r.keys() for r in train)
-    assert train[0]["loss"] > train[-1]["loss"] + 1.0, [r["loss"] for r in train]
-    assert train[-1]["peak_mem_gib"] > 0 and train[-1]["tokens_per_s_per_gpu"] > 0
-    if peak_flops(torch.cuda.get_device_name()) is not None:
-        assert 0 < train[-1]["mfu"] < 1
-    else:
-        assert train[-1]["mfu"] is None
-    assert [r["step"] for r in records(run_dir, "val")] == [30, 60]
-
-
-def test_steps_between_logging_steps_never_sync_the_host(tmp_path, monkeypatch):
-    """CUDA's sync debug mode over the non-logging steps of a compiled bf16 run (tests/test_host_sync.py
-    is the CPU stand-in). The prefetch thread may wait on its own copy events (that is its job and
-    never stalls the training thread), so only syncs in the training thread count."""
+def _watch_syncs(monkeypatch, after_step: int) -> list[str]:
+    """Run every optimizer step after `after_step` (warm-up: lazy init, compile, the loader's dtype
+    probe) under CUDA's sync debug mode; returns the list that collects each host sync made in the
+    training thread, with its stack. The prefetch thread may wait on its own copy events (that is
+    its job and never stalls training), so other threads' syncs are not collected. The loop reads
+    the loss on logging steps outside train_step, so every train_step call can be watched."""
     import threading
     import traceback
     import warnings
@@ -51,7 +33,7 @@ def test_steps_between_logging_steps_never_sync_the_host(tmp_path, monkeypatch):
 
     def watched_step(*args, **kwargs):
         n["step"] += 1
-        if n["step"] <= 3 or n["step"] % 5 == 0:  # warm-up (lazy init, compile, probes) and logging steps
+        if n["step"] <= after_step:
             return real_step(*args, **kwargs)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -63,10 +45,29 @@ def test_steps_between_logging_steps_never_sync_the_host(tmp_path, monkeypatch):
                 torch.cuda.set_sync_debug_mode("default")
 
     monkeypatch.setattr(loop, "train_step", watched_step)
-    rc, _ = run_main(tmp_path, "nosync", **{
+    return syncs
+
+
+def test_bf16_compiled_run_on_cuda(tmp_path, monkeypatch):
+    """Loss falls, metrics are complete, and no step after warm-up synchronizes the host with the
+    device (tests/test_host_sync.py is the CPU stand-in for the last part)."""
+    from perfkit.metrics import peak_flops
+
+    syncs = _watch_syncs(monkeypatch, after_step=3)
+    rc, run_dir = run_main(tmp_path, "gpu", **{
         "run.device": "cuda", "parallel.mixed_precision": "bf16", "parallel.compile": "true",
-        "model.kernels": "triton", "training.max_steps": 12, "training.micro_batch_size": 8,
-        "training.grad_accum_steps": 2, "metrics.log_every": 5, "training.eval_every": 0, "data.val": "[]",
-        "checkpoint.save_at_end": "false", "optimizer.fused": "true"})
-    assert rc == 0 and n["step"] == 12
-    assert syncs == [], "\n".join(syncs[:3])
+        "parallel.init_device": "meta", "model.kernels": "triton", "training.max_steps": 60,
+        "training.micro_batch_size": 8, "training.grad_accum_steps": 2, "optimizer.fused": "true",
+        "metrics.log_every": 20, "training.eval_every": 30,
+    })
+    assert rc == 0
+    train = records(run_dir)
+    assert all(TRAIN_FIELDS <= r.keys() for r in train)
+    assert train[0]["loss"] > train[-1]["loss"] + 1.0, [r["loss"] for r in train]
+    assert train[-1]["peak_mem_gib"] > 0 and train[-1]["tokens_per_s_per_gpu"] > 0
+    if peak_flops(torch.cuda.get_device_name()) is not None:
+        assert 0 < train[-1]["mfu"] < 1
+    else:
+        assert train[-1]["mfu"] is None
+    assert [r["step"] for r in records(run_dir, "val")] == [30, 60]
+    assert syncs == [], "host syncs inside training steps:\n" + "\n".join(syncs[:3])
