@@ -52,7 +52,8 @@ def integrity_problems(pb: PbinFile, eod_id: int | None, n_vocab: int | None) ->
     return problems
 
 
-def describe(pb: PbinFile, tokenizer=None, doc: int = 0, eod_token: str = DEFAULT_EOD) -> dict:
+def describe(pb: PbinFile, tokenizer=None, doc: int | None = None, eod_token: str = DEFAULT_EOD) -> dict:
+    """doc: the document to show; None shows document 0 if there is one (an explicit index must exist)."""
     tok_lens = pb.doc_lengths // pb.token_width
     eod_id = tokenizer.token_id(eod_token) if tokenizer is not None else None
     report = {
@@ -67,9 +68,10 @@ def describe(pb: PbinFile, tokenizer=None, doc: int = 0, eod_token: str = DEFAUL
                         "max": int(tok_lens.max())} if pb.num_docs else None),
         "tokenizer": tokenizer.label if tokenizer is not None else None,
     }
+    if doc is not None and not -pb.num_docs <= doc < pb.num_docs:  # also on a 0-document file
+        raise IndexError(f"--doc {doc} is out of range: {pb.path} has {pb.num_docs} documents")
     if pb.num_docs:
-        if not -pb.num_docs <= doc < pb.num_docs:
-            raise IndexError(f"--doc {doc} is out of range: {pb.path} has {pb.num_docs} documents")
+        doc = doc or 0
         ids = np.asarray(pb.doc_tokens(doc)).astype(np.int64)
         shown = {"index": doc % pb.num_docs, "tokens": int(ids.size), "first_ids": ids[:16].tolist()}
         if tokenizer is not None:
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="perfkit inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("file", help=".pbin file (perfkit's or Modalities')")
     p.add_argument("--tokenizer", help="decode with it and check EOD / vocabulary (gpt2, cl100k_base, path)")
-    p.add_argument("--doc", type=int, default=0, help="document to show (default 0; negative counts from the end)")
+    p.add_argument("--doc", type=int, default=None, help="document to show (default 0; negative counts from the end)")
     p.add_argument("--eod-token", default=DEFAULT_EOD, help="with --tokenizer: the token every document must end with")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--windows", help="see `perfkit inspect FILE --windows S --help`")

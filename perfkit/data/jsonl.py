@@ -4,9 +4,11 @@ A chunk [start, end) of the file owns the lines whose first byte lies in [start,
 finds them itself (one small read before `start` and a read-ahead past `end` to finish the last
 line), so no process ever scans the whole file to cut it.
 
-The text field is decoded for a whole chunk in one msgspec call (the lines joined into one JSON
-array, only the text field materialised); when that fails the chunk is decoded line by line to
-name every bad line and its reason.
+The text field is decoded with one msgspec call per line (only the text field materialised);
+when any line of a chunk fails, the chunk is classified line by line to name every bad line and
+its reason. (Each line is decoded on its own on purpose: joining a chunk's lines into one JSON
+array let a line split in two plus a line holding two objects decode as the right number of
+"documents", packing malformed lines silently. Per line costs no more than the joined call.)
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ MISSING = "missing text field"
 NOT_STRING = "text field is not a string"
 BAD_UTF8 = "invalid UTF-8"
 TRUNCATED = "truncated last line"
-REASONS = (BLANK, MALFORMED, NOT_OBJECT, MISSING, NOT_STRING, BAD_UTF8, TRUNCATED)
+BOM = "UTF-8 byte-order mark (BOM) before the JSON; save the file without it"
+TOO_DEEP = "JSON nested too deeply"   # msgspec (like Python's json) stops near 1,000 levels
+REASONS = (BLANK, MALFORMED, NOT_OBJECT, MISSING, NOT_STRING, BAD_UTF8, TRUNCATED, BOM, TOO_DEEP)
 
 READ_AHEAD = 1 << 20  # bytes read at a time to finish a chunk's last line
 
@@ -34,11 +38,19 @@ class BadLineError(ValueError):
     """A bad line under --on-bad-line error: `path:line: reason`."""
 
 
-def parse_text_key(key: str) -> tuple[str, ...]:
-    """`text`, `.text` (jq style, as in Modalities' jq_pattern) or `meta.body.text` -> path parts."""
+def parse_text_key(key: str, what: str = "--text-key") -> tuple[str, ...]:
+    """`text`, `.text` (jq style, as in Modalities' jq_pattern) or `meta.body.text` -> path parts.
+
+    what: how errors name the setting (the flag, or a config key such as `$.settings.jq_pattern`)."""
     parts = tuple(key[1:].split(".") if key.startswith(".") else key.split("."))
     if not key or any(not p for p in parts):
-        raise ValueError(f"--text-key {key!r}: expected a key or a dotted path such as 'text' or 'meta.text'")
+        raise ValueError(f"{what} {key!r}: expected a key or a dotted path such as 'text' or 'meta.text'")
+    # Only object keys can be followed: jq indexing (`.a[0].text`) and quoted keys would otherwise
+    # read as a key never found ("missing text field" on line 1), or crash msgspec's field renaming.
+    bad = next((c for c in key if c in '[]"\\' or ord(c) < 0x20), None)
+    if bad is not None:
+        raise ValueError(f"{what} {key!r}: {bad!r} is not supported; give object keys only, "
+                         "e.g. 'meta.text' (array indexing and quoted jq keys are not followed)")
     return parts
 
 
@@ -51,7 +63,7 @@ class LineChunk:
     starts: np.ndarray        # (n,) int64, relative to body
     lengths: np.ndarray       # (n,) int64
     unterminated_last: bool   # the last line ends at EOF without '\n'
-    contiguous: bool = True   # lines are exactly body split at '\n' (byte-range chunks)
+    contiguous: bool = True   # lines are exactly body split at '\n' (byte-range chunks): split fast
 
     @property
     def num_lines(self) -> int:
@@ -109,7 +121,7 @@ class TextExtractor:
             # without being materialised.
             leaf = msgspec.defstruct(f"Level{depth}", [("value", leaf)], rename={"value": part})
         self._root = leaf
-        self._many = msgspec.json.Decoder(list[leaf])
+        self._one = msgspec.json.Decoder(leaf).decode
         self._any = msgspec.json.Decoder()
 
     def _unwrap(self, obj) -> str:
@@ -119,26 +131,24 @@ class TextExtractor:
 
     def texts_fast(self, chunk: LineChunk) -> list[str] | None:
         """All texts of a chunk, or None if any line is bad (then use classify)."""
-        body = chunk.body
-        if not body:
+        if chunk.num_lines == 0:
             return []
+        body = chunk.body
         try:
             body.decode("utf-8")  # msgspec does not validate skipped fields; ~1 GB/s
         except UnicodeDecodeError:
             return None
-        if chunk.contiguous:  # a JSON line holds no raw '\n', so '\n' -> ',' makes one array
-            inner = body if chunk.unterminated_last else body[:-1]
-            joined = b"[" + inner.replace(b"\n", b",") + b"]"
+        if chunk.contiguous:
+            lines = body.split(b"\n")
+            if not chunk.unterminated_last:
+                lines.pop()       # the empty piece after the final '\n'
         else:
-            joined = b"[" + b",".join(chunk.line(i) for i in range(chunk.num_lines)) + b"]"
+            lines = [chunk.line(i) for i in range(chunk.num_lines)]
+        one, unwrap = self._one, self._unwrap
         try:
-            objs = self._many.decode(joined)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            return [unwrap(one(line)) for line in lines]
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
-        if len(objs) != chunk.num_lines:  # cannot happen for valid JSON lines; be sure anyway
-            return None
-        unwrap = self._unwrap
-        return [unwrap(o) for o in objs]
 
     def classify(self, line: bytes, last_unterminated: bool) -> tuple[str | None, str | None]:
         """(text, None) for a good line, (None, reason) for a bad one."""
@@ -148,10 +158,14 @@ class TextExtractor:
             line.decode("utf-8")
         except UnicodeDecodeError:
             return None, BAD_UTF8
+        if line.startswith(b"\xef\xbb\xbf"):  # an editor's BOM: valid-looking JSON that fails
+            return None, BOM
         try:
             obj = self._any.decode(line)
         except msgspec.DecodeError:
             return None, TRUNCATED if last_unterminated else MALFORMED
+        except RecursionError:  # a traceback from the worker otherwise
+            return None, TOO_DEEP
         if not isinstance(obj, dict):
             return None, NOT_OBJECT
         for part in self.key_path:

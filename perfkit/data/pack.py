@@ -12,12 +12,14 @@ inside a text stays text), in input order; the file is byte-identical to what Mo
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
 from pathlib import Path
 
-from perfkit.data.jsonl import BadLineError, parse_text_key
+from perfkit.data.cli_paths import check_input_file, check_output_path, output_folder
+from perfkit.data.jsonl import BadLineError, TextExtractor, parse_text_key
 from perfkit.data.pack_config import load_pack_config
 from perfkit.data.pack_pipeline import (PackAborted, PackFailed, PackStats, plan_byte_chunks,
                                         plan_index_chunks, run_pack)
@@ -74,17 +76,21 @@ def _settings(args) -> dict:
         return getattr(s, key) if s is not None else None
 
     workers = pick(args.workers, "num_cpus")
-    text_key = args.text_key or (s and (s.text_key or s.jq_pattern)) or "text"
+    # `is not None`, not `or`: an empty --text-key / --eod-token is an error, not the default.
+    text_key = next((k for k in (args.text_key, s and s.text_key, s and s.jq_pattern) if k is not None),
+                    "text")
+    eod = pick(args.eod_token, "eod_token")
     specials = parse_special_tokens(args.special_token) or tuple((tok.special_tokens if tok else {}).items())
     return {
         "src": pick(args.src, "src_path"),
         "dst": pick(args.dst, "dst_path"),
         "index": pick(args.index, "index_path"),
         "workers": default_workers() if workers is None else workers,
-        "eod": pick(args.eod_token, "eod_token") or DEFAULT_EOD,
+        "eod": DEFAULT_EOD if eod is None else eod,
         "on_bad_line": pick(args.on_bad_line, "on_bad_line") or "error",
         "token_width": pick(args.token_width, "token_width"),
         "text_key": text_key,
+        "inputs": [args.config],   # never overwritten, even with --force
         "tokenizer": TokenizerSpec(args.tokenizer or (tok.name if tok else "") or "",
                                    args.tokenizer_pattern or (tok.pattern if tok else None), specials),
     }
@@ -99,14 +105,17 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
         raise ValueError("no output given (-o DST.pbin or settings.dst_path)")
     if not settings["tokenizer"].name:
         raise ValueError("no tokenizer given (--tokenizer gpt2, or [tokenizer] name in the config)")
-    src, dst = Path(settings["src"]), Path(settings["dst"])
-    if not src.is_file():
-        raise ValueError(f"{src}: no such file")
-    if dst.exists() and not force:
-        raise ValueError(f"{dst} exists; pass --force to overwrite it")
     if settings["workers"] < 1:
         raise ValueError(f"--workers must be >= 1, got {settings['workers']}")
+    if chunk_mb is not None and not (math.isfinite(chunk_mb) and chunk_mb > 0):
+        raise ValueError(f"--chunk-mb must be a positive number of megabytes, got {chunk_mb}")
+    src = check_input_file(settings["src"])
+    if settings["index"]:
+        check_input_file(settings["index"], "raw index ")
+    inputs = [src, settings["index"], *settings.get("inputs", ())]
     key_path = parse_text_key(settings["text_key"])
+    TextExtractor(key_path)  # a key msgspec cannot follow fails here, not in every worker
+    dst = check_output_path(settings["dst"], force, inputs)
     tok = resolve_tokenizer(settings["tokenizer"])
     eod_id = tok.token_id(settings["eod"])
     width = settings["token_width"] or tok.token_width
@@ -124,18 +133,21 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
     else:
         tasks = plan_byte_chunks(size, chunk)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb"):
-        pass
-    job = PackJob(src=str(src), src_size=size, tmp_dst=str(tmp), tokenizer=settings["tokenizer"],
-                  key_path=key_path, eod_id=eod_id, token_width=width,
-                  stop_at_first_bad=settings["on_bad_line"] == "error")
-    try:
-        stats = run_pack(job, tasks, dst, tok, workers, src_label=str(src),
-                         index_mode=bool(settings["index"]), progress=progress)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with output_folder(dst):
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb"):
+                pass
+        except OSError as e:
+            raise ValueError(f"{dst}: cannot write in {dst.parent}: {e.strerror or e}") from None
+        job = PackJob(src=str(src), src_size=size, tmp_dst=str(tmp), tokenizer=settings["tokenizer"],
+                      key_path=key_path, eod_id=eod_id, token_width=width,
+                      stop_at_first_bad=settings["on_bad_line"] == "error")
+        try:
+            stats = run_pack(job, tasks, dst, tok, workers, src_label=str(src),
+                             index_mode=bool(settings["index"]), progress=progress)
+        finally:
+            tmp.unlink(missing_ok=True)
     stats.tokenizer_label, stats.token_width, stats.eod_id = tok.label, width, eod_id
     return stats
 

@@ -27,6 +27,8 @@ from typing import Literal
 
 import msgspec
 
+from perfkit.data.jsonl import parse_text_key
+
 
 class PackSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     src_path: str | None = None
@@ -59,6 +61,12 @@ class PackFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("$.settings: give jq_pattern or text_key, not both")
         if s.num_cpus is not None and s.num_cpus < 1:
             raise ValueError(f"$.settings.num_cpus must be >= 1, got {s.num_cpus}")
+        for name in ("jq_pattern", "text_key"):  # named by its config key, not as --text-key
+            key = getattr(s, name)
+            if key is not None:
+                parse_text_key(key, f"$.settings.{name}")
+        if s.eod_token == "":
+            raise ValueError("$.settings.eod_token must not be empty")
 
 
 def load_pack_config(path: str | Path) -> PackFile:

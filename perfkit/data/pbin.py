@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,10 @@ def read_pbin(path: str | os.PathLike) -> PbinFile:
     """Open a .pbin (perfkit's or Modalities'), check it completely and map its tokens."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a directory, or a FIFO that would block the open
+            raise PbinError(f"{path}: not a regular file")
+        size = st.st_size
         with open(path, "rb") as f:
             header = f.read(HEADER_SIZE)
             if len(header) < HEADER_SIZE:
@@ -123,7 +127,8 @@ def read_pbin(path: str | os.PathLike) -> PbinFile:
             data_len = int.from_bytes(header[:8], "little")
             width = int.from_bytes(header[8:12], "little")
             if width not in VALID_WIDTHS:
-                raise PbinError(f"{path}: header token width is {width}; expected 1, 2 or 4 bytes")
+                raise PbinError(f"{path}: header token width is {width}; expected 1, 2 or 4 bytes"
+                                + ("" if width < 256 else " (is it a .pbin file at all?)"))
             if data_len > size - HEADER_SIZE:
                 raise PbinError(f"{path}: header says the data segment has {data_len} bytes but only "
                                 f"{size - HEADER_SIZE} bytes follow the header (truncated file?)")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from perfkit.atomic import write_atomic
+from perfkit.data.cli_paths import check_input_file, check_output_path, output_folder
 from perfkit.data.jsonl import BadLineError, TextExtractor, extract_texts, parse_text_key, read_line_chunk
 from perfkit.data.pack_index_pickle import IndexPickleError, iter_index_pickle, parse_index_pickle
 
@@ -29,6 +30,7 @@ def read_raw_index(path: str | os.PathLike, src_size: int | None = None) -> tupl
     """(offsets, lengths) int64 of a raw index, parsed without unpickling; entries checked
     against the JSONL size when given."""
     path = Path(path)
+    check_input_file(path, "raw index ")
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -114,17 +116,22 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the pool is terminated and no partial .idx is left.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        if not src.is_file():
-            raise ValueError(f"{src}: no such file")
-        if dst.exists() and not args.force:
-            raise ValueError(f"{dst} exists; pass --force to overwrite it")
+        check_input_file(src)
+        # `is None`, not `or`: --workers 0 is an error, as in pack, not the default.
         from perfkit.data.pack import default_workers
-        workers = args.workers or default_workers()
+        workers = default_workers() if args.workers is None else args.workers
         if workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
-        offsets, lengths = build_raw_index(src, parse_text_key(args.text_key), workers,
-                                           args.on_bad_line, skipped)
-        write_atomic(dst, iter_index_pickle(offsets, lengths))
+        key_path = parse_text_key(args.text_key)
+        # Built here first: a failing pool initializer would be restarted forever (a hang).
+        TextExtractor(key_path)
+        check_output_path(dst, args.force, [src])
+        offsets, lengths = build_raw_index(src, key_path, workers, args.on_bad_line, skipped)
+        with output_folder(dst):
+            try:
+                write_atomic(dst, iter_index_pickle(offsets, lengths))
+            except OSError as e:  # name DST, not the hidden temporary file beside it
+                raise ValueError(f"{dst}: cannot write: {e.strerror or e}") from None
     except KeyboardInterrupt:
         print("perfkit index: interrupted; no output written", file=sys.stderr)
         return 130
