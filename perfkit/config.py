@@ -13,6 +13,8 @@ wrong types with the key path in the message (msgspec's `at $.model.n_layer`).
 from __future__ import annotations
 
 import difflib
+import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -121,6 +123,10 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("$.run.root must not be empty")
         if "/" in self.experiment_id or "\\" in self.experiment_id or self.experiment_id in (".", ".."):
             raise ValueError(f"$.run.experiment_id must be a plain folder name, got {self.experiment_id!r}")
+        # a control character (NUL above all) makes every later file operation fail obscurely
+        for key in ("root", "experiment_id"):
+            if any(ord(c) < 32 for c in getattr(self, key)):
+                raise ValueError(f"$.run.{key} must not contain control characters, got {getattr(self, key)!r}")
 
 
 class OptimizerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -291,14 +297,36 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder; pass a .toml file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); is it a TOML file?") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    keys_set = []
     for item in overrides:
         keys, value = parse_override(item)
         if isinstance(value, str) and _is_list_field(keys):
             value = [value]  # --data.train=a.pbin means ["a.pbin"]
         _set_path(raw, keys, value)
-    return config_from_dict(raw, source=str(path) if path else "<overrides>")
+        keys_set.append((keys, item))
+    try:
+        return config_from_dict(raw, source=str(path) if path else "<overrides>")
+    except ConfigError as e:
+        raise ConfigError(_blame_override(str(e), keys_set)) from None
+
+
+def _blame_override(message: str, keys_set: list[tuple[list[str], str]]) -> str:
+    """Add the command-line override that set the key a message names: the message starts with the
+    file's name, which misleads when the bad value came from `--section.key=value` (the last
+    override of a key wins, so the last match is the one in force)."""
+    for keys, item in reversed(keys_set):
+        path = re.escape("$." + ".".join(keys))
+        if re.search(path + r"(?![\w])", message):
+            return f"{message} (from the command line: {item})"
+    return message
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
@@ -310,9 +338,32 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     try:
-        return msgspec.convert(raw, Config)
+        cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:
         raise ConfigError(f"{source}: {e}") from None
+    bad = _non_finite(cfg, "$")
+    if bad:
+        # TOML has nan and inf literals; every range check (`lr <= 0`) is False for NaN, so one
+        # would reach the optimizer and stop the run mid-way (inf: after a step of garbage)
+        raise ConfigError(f"{source}: {bad[0]} must be a finite number, got {bad[1]}")
+    return cfg
+
+
+def _non_finite(value: Any, where: str) -> tuple[str, float] | None:
+    """(key path, value) of the first NaN or infinite float in a decoded config, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, value)
+    if isinstance(value, msgspec.Struct):
+        items = ((f"{where}.{f}", getattr(value, f)) for f in value.__struct_fields__)
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for path, v in items:
+        found = _non_finite(v, path)
+        if found:
+            return found
+    return None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -148,6 +148,10 @@ class Checkpointer:
             return target
         if resume == "auto":
             target = _agree(lambda: layout.latest_checkpoint(self.run_dir), self.group)
+            for skipped in layout.incomplete_after(self.run_dir, target):
+                # say so: the user may have expected this newer step to be the one resumed
+                _log(rank, f"checkpoint: resume=auto skips {skipped} (no valid {layout.MARKER} marker: "
+                           "its save was interrupted or the folder was altered)")
             if target is None:
                 target = _agree(lambda: layout.latest_of_same_config(self.run_dir), self.group)
                 if target is not None:
@@ -159,15 +163,26 @@ class Checkpointer:
                 return None
         else:
             target = _agree(lambda: layout.resolve_checkpoint(resume), self.group)
-        self._verify(target)
+        try:
+            self._verify(target)
+        except CheckpointError as e:
+            older = [p for p in layout.complete_checkpoints(target.parent.parent) if p != target]
+            if not older:
+                raise
+            # auto never falls back on its own (it would silently drop steps); name the way out
+            raise CheckpointError(f"{e}; to continue from the previous checkpoint, pass "
+                                  f"--checkpoint.resume={older[-1]}") from None
         self._check_model_config(target)
         self._load_sharded(target, with_optimizer=self.optimizer is not None)
         train = torch.load(target / TRAIN_STATE, weights_only=True)
         state.load_progress(self.progress, train["progress"])
-        if self.scheduler is not None and train.get("scheduler") is not None:
-            self.scheduler.load_state_dict(train["scheduler"])
-        if self.loader is not None and train.get("loader") is not None:
-            self.loader.load_state_dict(train["loader"])
+        try:  # e.g. other data files than the run had: name the checkpoint the state came from
+            if self.scheduler is not None and train.get("scheduler") is not None:
+                self.scheduler.load_state_dict(train["scheduler"])
+            if self.loader is not None and train.get("loader") is not None:
+                self.loader.load_state_dict(train["loader"])
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {target} does not fit this run: {e}") from e
         world = _world(self.group)
         if train["world_size"] == world:
             state.restore_rng(torch.load(target / rng_file(rank), weights_only=True))

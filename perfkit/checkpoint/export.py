@@ -72,7 +72,15 @@ def load_export(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str,
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable perfkit export: {e}") from e
+        # torch's messages run over many lines and advise weights_only=False (unsafe): say it plainly
+        import pickle
+        if isinstance(e, pickle.UnpicklingError):
+            why = "not a torch.save file, or it holds objects that a safe (weights-only) load refuses"
+        elif Path(path).is_file() and Path(path).stat().st_size == 0:
+            why = "the file is empty"
+        else:
+            why = (str(e).strip().splitlines() or [""])[0] or type(e).__name__
+        raise CheckpointError(f"{path} is not a readable perfkit export: {why}") from e
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a perfkit export (no format={FORMAT!r} entry)")
     return blob

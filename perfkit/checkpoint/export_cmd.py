@@ -18,9 +18,18 @@ def main(argv: list[str]) -> int:
                         help="floating-point tensors are stored in this dtype (default bf16)")
     args = parser.parse_args(argv)
 
+    from pathlib import Path
+
     from perfkit.checkpoint.export import export_checkpoint
     from perfkit.checkpoint.layout import CheckpointError
 
+    # checked before the checkpoint is read (minutes for a large model), named in plain words
+    out = Path(args.output)
+    parent = next((p for p in out.parents if p.exists()), None)
+    if out.is_dir():
+        parser.error(f"-o {out} is a folder; name the file to write, e.g. {out / 'model.pt'}")
+    if parent is not None and not parent.is_dir():
+        parser.error(f"-o {out}: {parent} is a file, not a folder")
     try:
         out = export_checkpoint(args.source, args.output, args.dtype)
     except (CheckpointError, OSError, ValueError) as e:

@@ -59,12 +59,18 @@ def main(argv: list[str]) -> int:
     from perfkit.checkpoint.export import load_model
     from perfkit.checkpoint.layout import CheckpointError
 
+    # the tokenizer first: a wrong name fails in a second, before a large model is read
+    try:
+        enc = tiktoken.get_encoding(args.tokenizer)
+    except Exception as e:  # unknown name (ValueError), or ranks not cached and no network
+        print(f"perfkit generate: --tokenizer {args.tokenizer!r} cannot be loaded: "
+              f"{(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        return 1
     try:
         model, info = load_model(args.source, args.device)
     except (CheckpointError, OSError, ValueError) as e:
         print(f"perfkit generate: {e}", file=sys.stderr)
         return 1
-    enc = tiktoken.get_encoding(args.tokenizer)
     prompt = enc.encode_ordinary(args.prompt)
     if not prompt:
         parser.error("--prompt encodes to no tokens")

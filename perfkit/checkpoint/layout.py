@@ -78,6 +78,16 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return done[-1] if done else None
 
 
+def incomplete_after(run_dir: str | os.PathLike, latest: Path | None) -> list[Path]:
+    """step_N folders newer than `latest` (or any, when None) that are not complete."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    floor = -1 if latest is None else step_of(latest)
+    found = sorted((step_of(p), p) for p in root.iterdir() if p.is_dir() and (step_of(p) or -1) > floor)
+    return [p for _, p in found if not is_complete(p)]
+
+
 def latest_of_same_config(run_dir: str | os.PathLike) -> Path | None:
     """The most recently committed checkpoint of a sibling run folder made from the same config.
 

@@ -34,9 +34,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     overrides, i = [], 0
     while i < len(rest):  # accept --a.b=value and --a.b value
         item = rest[i]
-        if item.startswith("--") and "=" not in item and "." in item and i + 1 < len(rest):
+        # the next word is a value only if it is not the next override (`--a.b --c.d=1` must not
+        # set a.b to the text "--c.d=1"; a negative number such as -1 stays a value)
+        if (item.startswith("--") and "=" not in item and "." in item and i + 1 < len(rest)
+                and not rest[i + 1].startswith("--")):
             item, i = f"{item}={rest[i + 1]}", i + 1
-        if not item.startswith("--") or "." not in item.split("=", 1)[0]:
+        # --section={...} replaces a whole section (docs: --scheduler='{kind = "cosine"}');
+        # load_config checks the rest of the shape and names the key
+        if not item.startswith("--") or ("." not in item.split("=", 1)[0] and "=" not in item):
             parser.error(f"unrecognized argument {item!r} (overrides look like --section.key=value)")
         overrides.append(item)
         i += 1
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(json.dumps(resolved_config(cfg, plan), indent=2))
             return 0
-        setup.check_data(cfg)
+        setup.check_outputs(cfg)
+        setup.check_data(cfg, world_size=env.world_size)
     except setup.SETUP_ERRORS as e:
         print(f"perfkit train: {e}", file=sys.stderr)
         return 1 if not isinstance(e, ConfigError) else 2

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from perfkit.atomic import write_atomic
+
 
 # What a run *is* excludes how it is launched and observed: the checkpoint policy (resume=auto is
 # typically added only on the requeue), logging intervals, the folder names, and derived values
@@ -51,5 +53,6 @@ def create(root: str | Path, experiment_id: str) -> Path:
 
 def save_resolved_config(run_dir: Path, resolved: dict[str, Any]) -> Path:
     path = run_dir / "config.json"
-    path.write_text(json.dumps(resolved, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    # atomic: a resumed run replaces the file, and a crash mid-write must not leave half of it
+    write_atomic(path, (json.dumps(resolved, indent=2, sort_keys=False) + "\n").encode("utf-8"))
     return path

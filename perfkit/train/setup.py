@@ -43,12 +43,17 @@ def make_run_plan(cfg: Config, env: Env) -> Plan:
                      non_embedding_parameters=parameter_count(cfg.model, non_embedding=True))
 
 
-def check_data(cfg: Config, chunk_tokens: int = 1 << 26) -> None:
+def check_data(cfg: Config, chunk_tokens: int = 1 << 26, world_size: int = 1) -> None:
     """Every token id of the train and val files must be < $.model.vocab_size (an out-of-range id
     would crash the embedding lookup mid-run, on the GPU with a device-side assert).
 
     Skipped for a file whose token width cannot hold an id >= vocab_size; otherwise a chunked max
-    over the memory map (about a second per GB from the page cache)."""
+    over the memory map (about a second per GB from the page cache).
+
+    Also opens the window index space of train and val the way the loaders will (a file too short
+    for one window, mixed token widths, too few validation windows for the ranks), so that these
+    errors stop every rank here, before the process group and the run folder exist."""
+    _check_windows(cfg, world_size)
     vocab = cfg.model.vocab_size
     for key, paths in (("$.data.train", cfg.data.train), ("$.data.val", cfg.data.val)):
         for p in pbin_paths(paths, key):
@@ -59,6 +64,62 @@ def check_data(cfg: Config, chunk_tokens: int = 1 << 26) -> None:
             if top >= vocab:
                 raise ValueError(f"{key}: {p} holds token id {top}, beyond $.model.vocab_size ({vocab}); "
                                  f"was it packed with another tokenizer?")
+
+
+def _check_windows(cfg: Config, world_size: int) -> None:
+    """The loaders' own dataset checks, run early (headers only: no token is read)."""
+    from perfkit.data.windows import WindowDataset
+
+    seq, data = cfg.model.sequence_length, cfg.data
+    for key, paths, weights in (("$.data.train", data.train, data.train_weights), ("$.data.val", data.val, None)):
+        if not paths:
+            continue
+        try:
+            ds = WindowDataset(pbin_paths(paths, key), seq, reuse_last_target=data.reuse_last_target,
+                               weights=weights, seed=data.seed, config_key=key)
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith(key) else f"{key}: {e}") from None
+        if key == "$.data.val" and ds.num_samples < world_size:
+            raise ValueError(f"$.data.val: {ds.num_samples} validation windows of {seq + 1} tokens for "
+                             f"{world_size} ranks; every rank needs at least one")
+
+
+def check_outputs(cfg: Config) -> None:
+    """Paths the run will write or load, checked before the process group exists: $.run.root
+    must be (or become) a folder, and an explicit resume / warm-start path must exist. A
+    rank-0-only failure later would leave the other ranks waiting in a collective."""
+    root = Path(cfg.run.root)
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the nearest existing ancestor decides whether mkdir can work
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == root else f"cannot be created: {probe} is a file"
+        raise ValueError(f"$.run.root {str(root)!r} {what}; it must be a folder")
+    if cfg.run.experiment_id:
+        run_dir = root / cfg.run.experiment_id
+        for p in (run_dir, run_dir / "checkpoints"):
+            if p.exists() and not p.is_dir():
+                raise ValueError(f"$.run.experiment_id: {p} exists and is not a folder")
+    from perfkit.checkpoint.layout import CheckpointError, latest_checkpoint, resolve_checkpoint
+
+    resume, warm = (cfg.checkpoint.resume or "none").strip(), (cfg.checkpoint.warm_start or "").strip()
+    if cfg.run.experiment_id and resume == "none":
+        # a fresh start in a folder with checkpoints would replace them step by step and prune
+        # the rest (keep_last): the earlier run would be lost without anyone asking for it
+        newest = latest_checkpoint(root / cfg.run.experiment_id)
+        if newest is not None:
+            raise ValueError(f"$.run.experiment_id: run folder {root / cfg.run.experiment_id} already holds "
+                             f"checkpoints (newest {newest.name}) that a fresh run would overwrite; continue "
+                             f"it with --checkpoint.resume=auto, or choose another $.run.experiment_id")
+    try:
+        if resume not in ("none", "auto"):
+            resolve_checkpoint(resume)
+        if warm and not Path(warm).is_file():
+            resolve_checkpoint(warm)
+    except CheckpointError as e:
+        key = "$.checkpoint.warm_start" if warm else "$.checkpoint.resume"
+        hint = "" if warm or Path(resume).exists() else ' (it takes "none", "auto" or a checkpoint or run folder)'
+        raise ValueError(f"{key}: {e}{hint}") from None
 
 
 def configure_backends(cfg: Config, env: Env) -> None:
@@ -111,8 +172,6 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
         precision = ("bf16 params / fp32 reduce" if env.device.type == "cuda" and cfg.parallel.mixed_precision == "bf16"
                      else "fp32" + (" (bf16 applies on CUDA only)" if cfg.parallel.mixed_precision == "bf16" else ""))
         if env.is_main:
-            run_folder.create(cfg.run.root, exp_id)
-            run_folder.save_resolved_config(run_dir, resolved)
             for section, values in resolved.items():  # the resolved config, one line per section
                 print(f"config {section}: {json.dumps(values)}")
             print(f"perfkit train: run folder {run_dir}  (tensorboard --logdir {run_dir / 'tensorboard'})")
@@ -121,20 +180,42 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
                   f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}", flush=True)
 
         parts = build_train_parts(cfg, env, plan)
-        parts.checkpointer = Checkpointer(
-            cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
-            loader=parts.loader, progress=parts.progress, model_config=cfg.model, config=resolved,
-            faults=parts.guard)
-        parts.checkpointer.restore()  # resume / warm start; mutates parts in place
-        device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
-        metrics = MetricsLogger(cfg.metrics, run_dir, enabled=env.is_main, max_steps=plan.max_steps)
-        try:
-            with PreemptionGuard() as preemption:
-                parts.preemption = preemption
-                return loop.train(parts, plan, cfg.training, env, metrics, cfg.metrics.log_every,
-                                  peak_flops(device_name))
+        try:  # the loader is closed whatever fails from here on
+            parts.checkpointer = Checkpointer(
+                cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
+                loader=parts.loader, progress=parts.progress, model_config=cfg.model, config=resolved,
+                faults=parts.guard)
+            parts.checkpointer.restore()  # resume / warm start; mutates parts in place
+            # written only now: a refused resume (other model, damaged checkpoint) must leave the
+            # run folder's config.json describing the checkpoints that are in it
+            _write_run_folder(env, run_dir, resolved)
+            device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
+            metrics = MetricsLogger(cfg.metrics, run_dir, enabled=env.is_main, max_steps=plan.max_steps)
+            try:
+                with PreemptionGuard() as preemption:
+                    parts.preemption = preemption
+                    return loop.train(parts, plan, cfg.training, env, metrics, cfg.metrics.log_every,
+                                      peak_flops(device_name))
+            finally:
+                metrics.close()
         finally:
-            metrics.close()
             parts.loader.close()
     finally:
         distributed.shutdown()
+
+
+def _write_run_folder(env: Env, run_dir: Path, resolved: dict) -> None:
+    """Rank 0 creates the run folder and writes config.json; a failure (disk full, permissions)
+    is handed to every rank so that none is left waiting in a collective."""
+    from perfkit.train import run_folder
+
+    problem = None
+    if env.is_main:
+        try:
+            run_folder.create(run_dir.parent, run_dir.name)
+            run_folder.save_resolved_config(run_dir, resolved)
+        except OSError as e:
+            problem = f"cannot write the run folder {run_dir}: {e.strerror or e}"
+    problem = distributed.broadcast_object(problem)
+    if problem:
+        raise ValueError(problem)
