@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--json", metavar="FILE", help="append one JSON line per measurement")
     args = p.parse_args(argv)
+    from perfkit.bench.records import json_path_problem
+    if json_path_problem(args.json):
+        p.error(json_path_problem(args.json))
     if not torch.cuda.is_available():
         print("perfkit bench kernels: needs a CUDA GPU and none is visible; nothing was measured. "
               "(Kernel correctness on CPU: pytest tests/test_kernels.py, Triton interpreter.)", file=sys.stderr)

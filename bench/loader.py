@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perfkit.bench.records import append_jsonl
+from perfkit.bench.records import append_jsonl, json_path_problem
 
 DEMO_PBIN = Path("data/preprocessed/shakespeare_train.pbin")
 
@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-steps", type=int, default=200)
     p.add_argument("--json", help="append one JSON line per case to this file")
     args = p.parse_args(argv)
+    if json_path_problem(args.json):
+        p.error(json_path_problem(args.json))
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:

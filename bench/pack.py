@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from perfkit.bench.records import append_jsonl
+from perfkit.bench.records import append_jsonl, json_path_problem
 
 BASELINE = r"""
 import json, multiprocessing as mp, sys, time
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="append one JSON line with the results to this file")
     ap.add_argument("--index-docs", type=int, help="instead: time the .pbin index codec on this many documents")
     args = ap.parse_args(argv)
+    if json_path_problem(args.json):
+        ap.error(json_path_problem(args.json))
     if args.index_docs:
         return bench_index(args.index_docs, args.json)
     if not args.corpus.is_file():

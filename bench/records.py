@@ -88,6 +88,21 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"median": float(p50), "p20": float(p20), "p80": float(p80)}
 
 
+def json_path_problem(path: str | Path | None) -> str | None:
+    """Why --json PATH cannot be appended to (checked before a benchmark spends minutes), or None."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        return f"--json {path} is a folder; name the .jsonl file to append to"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"--json {path}: {folder} is a file, not a folder"
+    return None
+
+
 def append_jsonl(path: str | Path, records: list[dict[str, Any]]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

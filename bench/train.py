@@ -61,6 +61,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         "(put CONFIG before them)")
     args, rest = p.parse_known_args(argv)
     args.profile = args.profile or args.memory_snapshot
+    from perfkit.bench.records import json_path_problem
+    if json_path_problem(args.json):
+        p.error(json_path_problem(args.json))
     if args.steps < 1 or args.warmup < 0 or args.profile_steps < 1:
         p.error("--steps and --profile-steps must be >= 1, --warmup >= 0")
     bad = [o for o in args.override if "=" not in o or "." not in o.split("=", 1)[0]]

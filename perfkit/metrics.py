@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,18 @@ _TB_TAGS = {
 
 
 class MetricsLogger:
-    def __init__(self, cfg: MetricsConfig, run_dir: str | Path, *, enabled: bool = True, max_steps: int = 0):
+    """Console line, TensorBoard scalars and metrics.jsonl of one run folder (rank 0 only).
+
+    start_step: the step the run starts from (0 fresh, the checkpoint's step on resume; None: just
+    append, as for a tool writing into a run folder). Records
+    after it in an existing metrics.jsonl belong to a run that is being replaced (the steps after
+    the checkpoint a crash lost, or an earlier run in the same folder): they are moved to
+    metrics.superseded.jsonl, so the file always tells one history, and TensorBoard purges its
+    events from start_step + 1 on (SummaryWriter's purge_step). Nothing is deleted.
+    """
+
+    def __init__(self, cfg: MetricsConfig, run_dir: str | Path, *, enabled: bool = True, max_steps: int = 0,
+                 start_step: int | None = None):
         self.cfg = cfg
         self.enabled = enabled
         self.max_steps = max_steps
@@ -81,9 +93,13 @@ class MetricsLogger:
             return
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow and optional
-            self._tb = SummaryWriter(log_dir=str(self.tensorboard_dir))
+            purge = start_step + 1 if start_step is not None and self.tensorboard_dir.exists() else None
+            self._tb = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=purge)
         if cfg.jsonl:
-            self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            path = self.run_dir / "metrics.jsonl"
+            if start_step is not None:
+                set_aside_records_after(path, start_step)
+            self._jsonl = open(path, "a", encoding="utf-8")
 
     @property
     def tensorboard_dir(self) -> Path:
@@ -125,3 +141,30 @@ class MetricsLogger:
             self._jsonl.close()
             self._jsonl = None
 
+
+
+def set_aside_records_after(path: Path, step: int) -> int:
+    """Move the records of `path` (metrics.jsonl) with a step after `step`, and lines that do not
+    parse (a crash mid-write), to metrics.superseded.jsonl beside it; returns how many moved.
+    The moved lines are appended and flushed to disk before the file is rewritten atomically, so
+    a crash in between duplicates lines at worst and never loses one."""
+    if not path.is_file():
+        return 0
+    keep, later = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            kept = int(record["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            kept = False
+        (keep if kept else later).append(line + "\n")
+    if not later:
+        return 0
+    from perfkit.atomic import write_atomic
+
+    with open(path.with_name("metrics.superseded.jsonl"), "a", encoding="utf-8") as f:
+        f.writelines(later)
+        f.flush()
+        os.fsync(f.fileno())
+    write_atomic(path, "".join(keep).encode("utf-8"))
+    return len(later)

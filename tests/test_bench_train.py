@@ -177,3 +177,13 @@ def test_bench_builds_through_the_trainers_builder(tmp_path, monkeypatch):
     assert rc == 0 and len(records) == 1
     assert [name for name, _ in seen] == ["SyntheticBatches"]
     assert seen[0][1].val_loader is None  # evaluation is not part of the timed step
+
+
+@pytest.mark.parametrize("suite", ["train", "kernels", "loader", "pack"])
+def test_unwritable_json_path_is_refused_before_any_work(tmp_path, capsys, suite):
+    (tmp_path / "afile").write_text("")
+    for bad, why in ((tmp_path, "is a folder"), (tmp_path / "afile" / "r.jsonl", "is a file, not a folder")):
+        argv = [CPU_DEBUG, "--json", str(bad)] if suite == "train" else [suite, "--json", str(bad)]
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2 and why in capsys.readouterr().err

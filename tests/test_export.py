@@ -63,6 +63,13 @@ def test_bf16_export_is_half_size_and_close(tmp_path):
 def test_generate_same_tokens_from_checkpoint_and_export(tmp_path, capsys):
     _, ckpt = _trained_checkpoint(tmp_path / "run")
     assert cli(["export", str(tmp_path / "run"), "-o", str(tmp_path / "m.pt"), "--dtype", "fp32"]) == 0
+    # an existing output is replaced only with --force (exit 2: a usage error, the file untouched)
+    before = (tmp_path / "m.pt").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        cli(["export", str(tmp_path / "run"), "-o", str(tmp_path / "m.pt")])
+    assert e.value.code == 2 and "pass --force" in capsys.readouterr().err
+    assert (tmp_path / "m.pt").read_bytes() == before
+    assert cli(["export", str(tmp_path / "run"), "-o", str(tmp_path / "m.pt"), "--dtype", "fp32", "--force"]) == 0
     from_ckpt, _ = load_model(ckpt)
     from_export, info = load_model(tmp_path / "m.pt")
     assert info["step"] == 2

@@ -21,7 +21,7 @@ ALLOWED = [
     ("perfkit.kernels", ("perfkit.kernels",)),
     ("perfkit.model", ("perfkit.model", "perfkit.kernels", "perfkit.config")),
     ("perfkit.data", ("perfkit.data", "perfkit.config", "perfkit.atomic")),
-    ("perfkit.metrics", ("perfkit.config",)),
+    ("perfkit.metrics", ("perfkit.config", "perfkit.atomic")),
     ("perfkit.plot", ()),
     ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.config", "perfkit.atomic")),
     ("perfkit.train", ("perfkit.train", "perfkit.model", "perfkit.data", "perfkit.checkpoint",

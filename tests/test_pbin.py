@@ -164,3 +164,26 @@ def test_truncated_index_is_refused_not_misread():
     for cut in (1, 9, 100, len(raw) // 2):
         with pytest.raises(IndexPickleError):
             parse_index_pickle(raw[:-cut])
+
+
+def test_reopened_file_reuses_the_index_but_a_rewritten_one_is_read_again(tmp_path, monkeypatch):
+    import os
+
+    import perfkit.data.pbin as pbin
+
+    path = tmp_path / "c.pbin"
+    write_pbin(path, np.arange(8), np.array([5, 3]), token_width=2)
+    parses = []
+    real = pbin.parse_index_pickle
+    monkeypatch.setattr(pbin, "parse_index_pickle", lambda raw: parses.append(1) or real(raw))
+    first, again = read_pbin(path), read_pbin(path)
+    assert len(parses) == 1 and pairs(again.doc_offsets, again.doc_lengths) == [(0, 10), (10, 6)]
+    with pytest.raises(ValueError):
+        first.doc_offsets[0] = 1  # shared between opens: read-only
+
+    # rewritten in place (other documents, same size): the new file version is parsed again
+    write_pbin(path, np.arange(8), np.array([3, 5]), token_width=2)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    changed = read_pbin(path)
+    assert len(parses) == 2 and pairs(changed.doc_offsets, changed.doc_lengths) == [(0, 6), (6, 10)]

@@ -39,10 +39,11 @@ def test_reads_trainer_records(tmp_path, capsys):
 
 
 def test_resumed_run_later_record_wins(tmp_path):
-    # a run that crashed after logging step 30 and resumed from its step-20 checkpoint appends
-    # steps 30 and 40 to the same file: the resumed values are the ones to plot
+    # a run that crashed after logging step 30 and resumed from its step-20 checkpoint logs steps
+    # 30 and 40 again: the resumed values are the ones to plot (the trainer moves the lost step-30
+    # record aside; a file written without that, e.g. by an older perfkit, still plots right)
     run = _write_run(tmp_path / "r", steps=(10, 20, 30), val_steps=())
-    log = MetricsLogger(MetricsConfig(tensorboard=False), run)
+    log = MetricsLogger(MetricsConfig(tensorboard=False), run)  # start_step not given: appends only
     for step, loss in ((30, 7.5), (40, 7.0)):
         log.log(step, {"loss": loss, "tokens_per_s_per_gpu": 5.0})
     log.close()

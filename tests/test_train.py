@@ -150,3 +150,35 @@ def test_metrics_peak_table_and_console_line(tmp_path):
     line = log.format_line({"step": 5, "loss": 2.5, "mfu": None, "tokens_per_s_per_gpu": 1234.5})
     assert line == "step 5/100 | loss 2.5000 | tok/s/gpu 1,234 | MFU n/a"
     log.close()
+
+
+def test_a_restarted_run_keeps_one_history_and_loses_no_record(tmp_path):
+    """Resuming from step 5 after a crash at step 8: metrics.jsonl and TensorBoard show steps 1-5 of
+    the first run and the new steps after them; the first run's steps 6-8 (and a half-written
+    line) are moved to metrics.superseded.jsonl, not deleted."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from perfkit.config import MetricsConfig
+    from perfkit.metrics import MetricsLogger
+
+    first = MetricsLogger(MetricsConfig(), tmp_path)
+    for step in range(1, 9):
+        first.log(step, {"loss": 10.0 - step})
+    first.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "kind": "tra')  # the crash
+
+    second = MetricsLogger(MetricsConfig(), tmp_path, start_step=5)
+    for step in range(6, 8):
+        second.log(step, {"loss": 100.0 + step})
+    second.close()
+
+    kept = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in kept] == [(s, 10.0 - s) for s in range(1, 6)] + [(6, 106.0), (7, 107.0)]
+    moved = (tmp_path / "metrics.superseded.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in moved[:3]] == [6, 7, 8] and moved[3] == '{"step": 9, "kind": "tra'
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    got = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert got == [(s, 10.0 - s) for s in range(1, 6)] + [(6, 106.0), (7, 107.0)]

@@ -16,6 +16,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", required=True, help="the file to write, e.g. model.pt")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
                         help="floating-point tensors are stored in this dtype (default bf16)")
+    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     args = parser.parse_args(argv)
 
     from pathlib import Path
@@ -30,6 +31,8 @@ def main(argv: list[str]) -> int:
         parser.error(f"-o {out} is a folder; name the file to write, e.g. {out / 'model.pt'}")
     if parent is not None and not parent.is_dir():
         parser.error(f"-o {out}: {parent} is a file, not a folder")
+    if out.exists() and not args.force:  # as pack and index: an existing file is replaced only on request
+        parser.error(f"-o {out} exists; pass --force to replace it")
     try:
         out = export_checkpoint(args.source, args.output, args.dtype)
     except (CheckpointError, OSError, ValueError) as e:

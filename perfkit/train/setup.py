@@ -190,7 +190,8 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
             # run folder's config.json describing the checkpoints that are in it
             _write_run_folder(env, run_dir, resolved)
             device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
-            metrics = MetricsLogger(cfg.metrics, run_dir, enabled=env.is_main, max_steps=plan.max_steps)
+            metrics = MetricsLogger(cfg.metrics, run_dir, enabled=env.is_main, max_steps=plan.max_steps,
+                                    start_step=parts.progress.step)
             try:
                 with PreemptionGuard() as preemption:
                     parts.preemption = preemption
