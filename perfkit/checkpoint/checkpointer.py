@@ -189,9 +189,27 @@ class Checkpointer:
         else:
             _log(rank, f"checkpoint: saved on {train['world_size']} ranks, resuming on {world}: "
                        "weights and optimizer are resharded, RNG states start from the run seed")
+        self._warn_if_batch_changed(target)
         self.last_saved_step = train["step"]
         _log(rank, f"checkpoint: resumed from {target} (step {train['step']})")
         return target
+
+    def _warn_if_batch_changed(self, target: Path) -> None:
+        """A resume on another rank count with the same micro_batch_size (e.g. an elastic
+        `--nnodes 2:4` restart) silently changes the global batch: the data continues where it
+        stopped, but every further step trains on another number of samples and tokens than the
+        run did. Not an error (it may be wanted), but say so: only a fixed
+        $.training.global_batch_size keeps the run the same across rank counts."""
+        try:
+            saved = json.loads((target / CONFIG_JSON).read_text())["derived"]["global_batch_size"]
+            now = self.config["derived"]["global_batch_size"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no derived numbers to compare (tests, older checkpoints)
+        if saved != now:
+            _log(_rank(self.group), f"checkpoint: WARNING: the checkpoint was trained with a global batch of "
+                                    f"{saved} samples per step, this run uses {now} (micro_batch_size x "
+                                    f"grad_accum_steps x ranks); set $.training.global_batch_size={saved} to "
+                                    f"continue with the same batch on this number of ranks")
 
     def _verify(self, target: Path) -> None:
         """Every file present with its manifest size; CRCs recomputed, split across ranks."""

@@ -7,8 +7,10 @@ no port). NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -51,6 +53,72 @@ def read_env(run: RunConfig) -> Env:
     else:
         device = torch.device("cpu")
     return Env(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def agree_on_setup(problem: tuple[int, str] | None, fingerprint: dict | None = None,
+                   timeout: timedelta = timedelta(minutes=30)) -> tuple[int, str] | None:
+    """Every rank's setup outcome, exchanged before the process group exists; returns the problem
+    that stops the run (exit code, message: the same on every rank) or None to go on.
+
+    The setup checks run on every rank on its own, but not every bad input is the same on every
+    rank: a .pbin missing or truncated on one node, a run folder that is not on a shared
+    filesystem, a config file that differs between nodes. A rank that exits on its own there
+    leaves the others waiting in init_process_group for it (30 minutes by default, not seconds).
+    So under torchrun each rank publishes its outcome in the launcher's store (the one
+    init_process_group uses next), waits for everyone's, and all ranks stop with the first
+    failing rank's message. `fingerprint` (the resolved config with the derived plan) must also
+    match rank 0's: ranks that read other overrides or files (other batch geometry, step counts,
+    resume settings) would fail or hang mid-run instead.
+
+    Only under torchrun (TORCHELASTIC_USE_AGENT_STORE): there the store lives in the launcher
+    agent, not in a worker that may be about to exit. Other launches keep the old behaviour."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return problem
+    rank = int(os.environ["RANK"])
+    # one namespace per launch attempt: a torchrun restart must not read the previous attempt's keys
+    attempt = f"perfkit/setup/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                           timeout=timeout)
+    store = dist.PrefixStore(attempt, client)
+    mine = {"problem": list(problem) if problem else None, "plan": fingerprint}
+    store.set(f"outcome/{rank}", json.dumps(mine))
+    keys = [f"outcome/{r}" for r in range(world)]
+    store.wait(keys)
+    outcomes = [json.loads(v) for v in store.multi_get(keys)]
+
+    failed = [(r, o["problem"]) for r, o in enumerate(outcomes) if o["problem"]]
+    decision = None
+    if failed:
+        first, (code, msg) = failed[0]
+        same_everywhere = len(failed) == world and all(p[1] == msg for _, p in failed)
+        decision = (int(code), msg if same_everywhere else f"rank {first}: {msg}")
+    else:
+        ref = outcomes[0]["plan"]
+        for r, o in enumerate(outcomes):
+            if o["plan"] != ref:
+                a, b = _flat(ref), _flat(o["plan"])
+                diff = "; ".join(f"{k} = {a.get(k)} on rank 0, {b.get(k)} on rank {r}"
+                                 for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+                decision = (1, f"ranks disagree on the resolved config ({diff}); every node needs the "
+                               f"same config, overrides and .pbin files")
+                break
+    if decision is not None:
+        # every rank takes the same decision; nobody exits before all have read the outcomes, or
+        # the launcher that hosts the store could go away under a rank that is still reading
+        store.set(f"read/{rank}", "1")
+        store.wait([f"read/{r}" for r in range(world)])
+    return decision
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def init(env: Env, par: ParallelConfig) -> None:

@@ -3,8 +3,9 @@
 
 Setup order, chosen so that bad input fails on every rank before any collective can hang:
 config (parse, overrides, validation) -> environment (rank, device) -> data files and the plan
-(batch geometry, target, token ids < vocab) -> process group -> model/optimizer/scheduler ->
-run folder, checkpoint restore -> loop.
+(batch geometry, target, token ids < vocab) -> agreement of all ranks on the outcome (under
+torchrun, through the launcher's store: a problem only one node sees stops every rank) ->
+process group -> model/optimizer/scheduler -> run folder, checkpoint restore -> loop.
 
 Exit codes: 0 done; 2 invalid config or command line; 1 any other error before or during training;
 143/130 preempted by SIGTERM/SIGINT after saving a checkpoint.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 
@@ -55,14 +57,27 @@ def resolved_config(cfg: Config, plan) -> dict:
     return out
 
 
+def _stop(code: int, message: str) -> int:
+    """A setup problem of this rank: agreed with the other ranks (they may be on nodes that do not
+    see it), printed, returned as the exit code."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a single process needs no torch import here
+        from perfkit.train.distributed import agree_on_setup
+
+        code, message = agree_on_setup((code, message)) or (code, message)
+    print(f"perfkit train: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_args(argv)
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
-        print(f"perfkit train: invalid config: {e}", file=sys.stderr)
-        return 2
+        if args.dry_run:
+            print(f"perfkit train: invalid config: {e}", file=sys.stderr)
+            return 2
+        return _stop(2, f"invalid config: {e}")
 
     from perfkit.train import setup  # imports torch; kept out of `--help` and config errors
 
@@ -75,8 +90,20 @@ def main(argv: list[str] | None = None) -> int:
         setup.check_outputs(cfg)
         setup.check_data(cfg, world_size=env.world_size)
     except setup.SETUP_ERRORS as e:
-        print(f"perfkit train: {e}", file=sys.stderr)
-        return 1 if not isinstance(e, ConfigError) else 2
+        if args.dry_run:
+            print(f"perfkit train: {e}", file=sys.stderr)
+            return 1 if not isinstance(e, ConfigError) else 2
+        return _stop(1 if not isinstance(e, ConfigError) else 2, str(e))
+    except Exception as e:  # unexpected (an unreadable .pbin, ...): a traceback, but agreed like the rest
+        if args.dry_run:
+            raise
+        traceback.print_exc()
+        return _stop(1, f"{type(e).__name__}: {e}")
+    # this rank's checks passed; go on only if every rank's did, with the same config and plan
+    agreed = setup.distributed.agree_on_setup(None, resolved_config(cfg, plan))
+    if agreed is not None:
+        print(f"perfkit train: {agreed[1]}", file=sys.stderr)
+        return agreed[0]
     from perfkit.train.faults import NonFiniteError
 
     try:

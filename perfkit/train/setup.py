@@ -1,8 +1,10 @@
 """Building a run from its config: checks that need no process group, then the parts, then the loop.
 
-Every check in `distributed.read_env`, `make_run_plan` and `check_data` runs on every rank on its own
-(the files are the same for all), so bad input stops all ranks with the same message before any
-collective; nothing waits for a rank that already exited.
+Every check in `distributed.read_env`, `make_run_plan` and `check_data` runs on every rank on its own,
+so bad input stops all ranks with the same message before any collective. Where the ranks do not
+see the same files or config (one node's copy missing or different), main.py has them agree on the
+outcome through torchrun's store (`distributed.agree_on_setup`), so nothing waits for a rank that
+already exited.
 """
 
 from __future__ import annotations
