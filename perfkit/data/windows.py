@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,11 @@ class WindowDataset:
             self.file_samples = self.file_windows.copy()  # m_i = N_i: plain concatenation
         else:
             self.weights = [float(w) for w in weights]
+            # NaN passes `w < 0` and `sum > 0` checks and inf overflows the split: both gave negative
+            # sample counts (garbage order) instead of an error, so refuse them here by key.
+            if not all(math.isfinite(w) and w >= 0 for w in self.weights) or sum(self.weights) <= 0:
+                key = "$.data.train_weights" if config_key == "$.data.train" else f"{config_key} weights"
+                raise WindowError(f"{key} must be finite, >= 0 and have a positive sum, got {self.weights}")
             self.file_samples = _allocate(total, self.weights)
             big = [f.path for f, n in zip(self.files, self.file_windows) if n >= 2 ** 31]
             if big:  # a * k must fit in int64 for the affine bijection
@@ -192,14 +198,21 @@ class WindowDataset:
 
 
 def _allocate(total: int, weights: list[float]) -> np.ndarray:
-    """Split `total` samples by weight with largest-remainder rounding; ties go to the earlier file."""
-    w = np.asarray(weights, dtype=np.float64)
-    exact = w / w.sum() * total
-    base = np.floor(exact).astype(np.int64)
-    short = total - int(base.sum())
-    order = np.argsort(-(exact - base), kind="stable")
-    base[order[:short]] += 1
-    return base
+    """Split `total` samples by weight with largest-remainder rounding; ties go to the earlier file.
+
+    Exact rational arithmetic on the decimal each weight was written as (repr of the float), not
+    float division: with floats, w / sum(w) * total puts tied remainders an ulp apart, so
+    [0.3, 0.1] of 2 samples gave [1, 1] while [3, 1] gave [2, 0], breaking both the documented
+    tie rule and scale invariance (found by tests/test_loader_fuzz.py).
+    """
+    exact_w = [Fraction(repr(float(w))) for w in weights]
+    whole = sum(exact_w)
+    exact = [w * total / whole for w in exact_w]
+    base = [math.floor(e) for e in exact]
+    order = sorted(range(len(exact)), key=lambda i: (base[i] - exact[i], i))  # largest remainder first
+    for i in order[: total - sum(base)]:
+        base[i] += 1
+    return np.asarray(base, dtype=np.int64)
 
 
 def _affine_params(n: int, seed: int, file_index: int, pass_index: int) -> tuple[int, int]:
