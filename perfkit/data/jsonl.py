@@ -122,7 +122,11 @@ class TextExtractor:
             leaf = msgspec.defstruct(f"Level{depth}", [("value", leaf)], rename={"value": part})
         self._root = leaf
         self._one = msgspec.json.Decoder(leaf).decode
-        self._any = msgspec.json.Decoder()
+        # float_hook=float: a number beyond the float range (1e400) is inf, as json.loads reads it.
+        # Without it msgspec's untyped decoder calls the line malformed while the typed one above
+        # (which only skips the number) accepts it, so a good line was dropped or failed the run
+        # whenever another line of its chunk sent the chunk to classify() (tests/test_pack_fuzz.py).
+        self._any = msgspec.json.Decoder(float_hook=float)
 
     def _unwrap(self, obj) -> str:
         for _ in self.key_path:
@@ -160,6 +164,14 @@ class TextExtractor:
             return None, BAD_UTF8
         if line.startswith(b"\xef\xbb\xbf"):  # an editor's BOM: valid-looking JSON that fails
             return None, BOM
+        # A line texts_fast() accepts must be good here too, with the same text: a line's verdict
+        # may not depend on which other lines share its chunk (the chunk size and worker count).
+        # The untyped decode below only names the reason, or reads what the typed one cannot
+        # (a duplicated key whose first value is not a string, as json.loads keeps the last).
+        try:
+            return self._unwrap(self._one(line)), None
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            pass
         try:
             obj = self._any.decode(line)
         except msgspec.DecodeError:
