@@ -60,6 +60,21 @@ def test_sigterm_on_one_rank_saves_on_all_and_exits_143(tmp_path):
     assert latest is not None and latest.name == "step_00000002"  # the boundary right after the signal
 
 
+def test_a_save_failing_on_one_rank_fails_on_all_without_a_hang(tmp_path):
+    """Rank 1's disk is full at the step-6 save: both ranks stop with the same one-line error
+    naming rank 1, the half-written step 6 is removed, step 3 stays the newest complete one."""
+    r = _torchrun(2, "diskfull", tmp_path, 6, check=False)
+    assert r.returncode == 0, r.stderr[-4000:]
+    errors = _read(tmp_path / "errors.json")
+    assert errors["0"] == errors["1"], errors
+    message = errors["0"]
+    assert "saving checkpoint step 6" in message and "rank 1: OSError: [Errno 28] No space left" in message
+    assert "the last complete checkpoint" in message and "step_00000003, is intact" in message
+    from perfkit.checkpoint import latest_checkpoint
+    assert latest_checkpoint(tmp_path).name == "step_00000003"
+    assert not list((tmp_path / "checkpoints").glob("step_00000006*"))
+
+
 # ---------------------------------------------------------------- worker (runs under torchrun)
 
 def _worker(mode: str, run_dir: Path, steps: int) -> int:
@@ -94,6 +109,18 @@ def _worker(mode: str, run_dir: Path, steps: int) -> int:
     ckpt = Checkpointer(cfg, run_dir, model=model, optimizer=opt, progress=progress, model_config=TINY)
     guard = PreemptionGuard() if mode == "preempt" else None
     ckpt.restore()
+    if mode == "diskfull" and rank == 1:  # this rank's small files fail from the step-6 save on
+        import errno
+
+        import perfkit.checkpoint.checkpointer as checkpointer
+        real_save = torch.save
+
+        def full_disk(obj, f, *args, **kwargs):
+            if "step_00000006" in str(f):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_save(obj, f, *args, **kwargs)
+
+        checkpointer.torch.save = full_disk  # the module's torch is the torch module itself
 
     def digest() -> str:
         msd, osd = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -128,7 +155,21 @@ def _worker(mode: str, run_dir: Path, steps: int) -> int:
             ckpt.save(progress.step)
             code = guard.exit_code
             break
+        if mode == "diskfull":
+            from perfkit.checkpoint.layout import CheckpointError
+            try:
+                ckpt.maybe_save(progress.step)
+            except CheckpointError as e:
+                out = [None] * world
+                dist.all_gather_object(out, str(e))
+                if rank == 0:
+                    (run_dir / "errors.json").write_text(json.dumps({str(r): m for r, m in enumerate(out)}))
+                break
+            continue
         ckpt.maybe_save(progress.step)
+    if mode == "diskfull":
+        _shutdown()
+        return 0
     d = digest() if progress.step == 6 else None
     out = [None] * world
     dist.all_gather_object(out, {"losses": losses, "code": code})

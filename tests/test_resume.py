@@ -111,12 +111,32 @@ def test_warm_start_from_export_equals_warm_start_from_checkpoint(tmp_path, pbin
     assert from_export[1] != src[1]  # same first batch, other weights: not the init's loss
 
 
+@pytest.mark.slow
+def test_full_disk_at_a_save_stops_cleanly_and_the_run_resumes(tmp_path, pbin):
+    """The step-8 save hits a full disk: one line naming the step and the intact step-4
+    checkpoint, exit 1, no half-written folder; resume=auto then redoes steps 5-8 exactly."""
+    args = trainer_args(tmp_path, "full", pbin, "--checkpoint.every_steps=4")
+    r = run_trainer(args, inject=("--full-disk-at", "8"), expect=1)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfkit train:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "saving checkpoint step 8" in errors[0] and "No space left on device" in errors[0]
+    assert "step_00000004, is intact" in errors[0]
+    ckpts = tmp_path / "full" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_00000004"]
+    first = logged(tmp_path / "full")
+    run_trainer(trainer_args(tmp_path, "full", pbin, "--checkpoint.every_steps=4", "--checkpoint.resume=auto"))
+    again = logged(tmp_path / "full")
+    assert [again[s] for s in range(5, 9)] == [first[s] for s in range(5, 9)]
+    assert (ckpts / "step_00000008").is_dir()
+
+
 # ---------------------------------------------------------------- driver (run as a script)
 
 def _driver(argv: list[str]) -> int:
     """`test_resume.py [--nan-at K] [--kill-at K:WHERE] :: TRAINER ARGS`.
 
     --nan-at K: the loss of optimizer step K (every rank) becomes NaN.
+    --full-disk-at K: writing the shards of step K fails with ENOSPC (a full disk).
     --kill-at K:WHERE: SIGKILL this process while saving step K, WHERE in
         shards (DCP wrote the shard data, not its .metadata), manifest (manifest written, no
         marker), marker (marker written, folder not yet renamed).
@@ -129,6 +149,17 @@ def _driver(argv: list[str]) -> int:
     for i, o in enumerate(opts):
         if o == "--nan-at":
             nan_at = int(opts[i + 1])
+        if o == "--full-disk-at":
+            import errno
+
+            import torch.distributed.checkpoint as dcp
+            full_tag, real_write_data = f"step_{int(opts[i + 1]):08d}", dcp.FileSystemWriter.write_data
+
+            def full_disk(self, *a, **k):
+                if full_tag in str(self.path):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return real_write_data(self, *a, **k)
+            dcp.FileSystemWriter.write_data = full_disk
         if o == "--kill-at":
             step, where = opts[i + 1].split(":")
             kill_at = (int(step), where)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict)
@@ -78,48 +80,85 @@ class Checkpointer:
         return self.save(step) if due else None
 
     def save(self, step: int) -> Path:
-        """Write checkpoint `step` atomically and prune to keep_last. Collective."""
+        """Write checkpoint `step` atomically and prune to keep_last. Collective.
+
+        A failed save (disk full, quota, I/O error, on any rank) raises CheckpointError on every
+        rank with one message: which rank and why, the space left, and the last complete
+        checkpoint, which is never touched. The half-written folder is removed to give the space
+        back. Every rank-local step ends in an all-gather of its outcome (`_all_succeed`), so a
+        rank whose write failed never leaves the others waiting in the next collective."""
         if self.faults is not None:
             # a run that hit a non-finite value in "stop" mode must not checkpoint poisoned weights;
             # this also brings the device-side skip counter into progress (a save syncs anyway)
             self.faults.poll(self.progress)
-        rank, world = _rank(self.group), _world(self.group)
-        root = layout.checkpoints_dir(self.run_dir)
-        final = root / layout.step_dir_name(step)
+        rank = _rank(self.group)
+        final = layout.checkpoints_dir(self.run_dir) / layout.step_dir_name(step)
         partial = final.with_name(final.name + layout.PARTIAL_SUFFIX)
+        try:
+            self._write(step, partial, final)
+        except CheckpointError as e:
+            message = self._save_failed(step, final, str(e))  # the free space before the cleanup
+            if rank == 0:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise CheckpointError(message) from None
         if rank == 0:
-            layout.clear_partial(partial)  # a leftover from a killed save of the same step
-        _barrier(self.group)
-
-        torch.save(state.capture_rng(), partial / rng_file(rank))
-        if rank == 0:
-            torch.save({"step": step, "world_size": world,
-                        "progress": state.progress_state(self.progress),
-                        "scheduler": _state_of(self.scheduler),
-                        "loader": _state_of(self.loader)}, partial / TRAIN_STATE)
-            (partial / MODEL_CONFIG_JSON).write_text(json.dumps(self.model_config, indent=1, sort_keys=True))
-            if self.config is not None:
-                (partial / CONFIG_JSON).write_text(json.dumps(_jsonable(self.config), indent=1, sort_keys=True))
-
-        with _quiet_single_process():
-            dcp.save(self._sharded_state(), checkpoint_id=str(partial), process_group=self.group,
-                     no_dist=not _distributed())
-        # dcp.save returns once every rank's shards and the coordinator's .metadata are written,
-        # so every file is in place now; ranks split the checksumming of rank 0's listing (one
-        # listing: on a network filesystem two ranks' directory views may briefly differ)
-        names = _agree(lambda: layout.data_files(partial), self.group)
-        mine = {n: {"bytes": (partial / n).stat().st_size, "crc32": layout.file_crc32(partial / n)}
-                for n in names[rank::world]}
-        entries = {}
-        for part in _gather(mine, self.group):
-            entries.update(part)
-        if rank == 0:
-            layout.write_manifest_and_commit(partial, final, entries, step)
-            layout.prune(self.run_dir, self.cfg.keep_last)
+            try:
+                layout.prune(self.run_dir, self.cfg.keep_last)
+            except OSError as e:  # the new checkpoint is committed; an old one stays for now
+                _log(rank, f"checkpoint: WARNING: could not delete an old checkpoint: {e}")
         _barrier(self.group)
         self.last_saved_step = step
         _log(rank, f"checkpoint: saved step {step} to {final}")
         return final
+
+    def _write(self, step: int, partial: Path, final: Path) -> None:
+        rank, world = _rank(self.group), _world(self.group)
+        _all_succeed(lambda: rank == 0 and layout.clear_partial(partial), self.group)  # a killed save's leftover
+
+        def small_files():
+            torch.save(state.capture_rng(), partial / rng_file(rank))
+            if rank == 0:
+                torch.save({"step": step, "world_size": world,
+                            "progress": state.progress_state(self.progress),
+                            "scheduler": _state_of(self.scheduler),
+                            "loader": _state_of(self.loader)}, partial / TRAIN_STATE)
+                (partial / MODEL_CONFIG_JSON).write_text(json.dumps(self.model_config, indent=1, sort_keys=True))
+                if self.config is not None:
+                    (partial / CONFIG_JSON).write_text(json.dumps(_jsonable(self.config), indent=1, sort_keys=True))
+
+        _all_succeed(small_files, self.group)
+
+        def shards():
+            with _quiet_single_process():
+                dcp.save(self._sharded_state(), checkpoint_id=str(partial), process_group=self.group,
+                         no_dist=not _distributed())
+
+        _all_succeed(shards, self.group)
+        # dcp.save returns once every rank's shards and the coordinator's .metadata are written,
+        # so every file is in place now; ranks split the checksumming of rank 0's listing (one
+        # listing: on a network filesystem two ranks' directory views may briefly differ)
+        names = _agree(lambda: layout.data_files(partial), self.group)
+        mine = _all_succeed(lambda: {n: {"bytes": (partial / n).stat().st_size,
+                                         "crc32": layout.file_crc32(partial / n)}
+                                     for n in names[rank::world]}, self.group)
+        entries = {}
+        for part in _gather(mine, self.group):
+            entries.update(part)
+        _all_succeed(lambda: rank == 0 and layout.write_manifest_and_commit(partial, final, entries, step),
+                     self.group)
+
+    def _save_failed(self, step: int, final: Path, reason: str) -> str:
+        root = layout.checkpoints_dir(self.run_dir)
+        try:
+            usage = shutil.disk_usage(root)
+            full = usage.free < max(64 * 2**20, usage.total // 100)
+            free = f"; {usage.free / 2**20:,.0f} MiB free on its filesystem{' - it is full' if full else ''}"
+        except OSError:
+            free = ""
+        last = layout.latest_checkpoint(self.run_dir)
+        kept = (f"the last complete checkpoint, {last}, is intact" if last is not None
+                else "no complete checkpoint exists yet")
+        return f"saving checkpoint step {step} to {final} failed ({reason}{free}); {kept}"
 
     def _sharded_state(self) -> dict[str, Any]:
         if self.optimizer is None:
@@ -325,6 +364,30 @@ def _gather(obj: Any, group) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size(group)
     dist.all_gather_object(out, obj, group=group)
     return out
+
+
+def _all_succeed(work, group):
+    """Run `work()` on every rank, then all-gather the outcomes: its result when every rank
+    succeeded, else CheckpointError naming the first rank that failed and why (on every rank)."""
+    try:
+        result, problem = work(), None
+    except (OSError, RuntimeError, ValueError, CheckpointException) as e:  # ENOSPC: RuntimeError in torch.save
+        result, problem = None, _describe(e)
+    failed = [(r, p) for r, p in enumerate(_gather(problem, group)) if p]
+    if failed:
+        r, p = failed[0]
+        raise CheckpointError(f"rank {r}: {p}" if _world(group) > 1 else p)
+    return result
+
+
+def _describe(e: BaseException) -> str:
+    """One line for an exception; DCP's CheckpointException carries each failed rank's own error."""
+    failures = getattr(e, "failures", None)  # DCP: {rank: (exception, traceback)}
+    if isinstance(e, CheckpointException) and failures:
+        rank, wrapped = next(iter(sorted(failures.items())))
+        inner = wrapped[0] if isinstance(wrapped, tuple) else wrapped
+        return f"rank {rank} writing its shards: {_describe(inner)}"
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
 
 def _agree(decide, group):

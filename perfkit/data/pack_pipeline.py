@@ -128,14 +128,17 @@ def run_pack(job: PackJob, tasks: list[tuple], dst: Path, tokenizer, workers: in
             child.close()
             procs.append(p)
             conns.append(parent)
-        doc_tokens = _drive(job, tasks, procs, conns, stats, meter, src_label, index_mode)
+        doc_tokens = _drive(job, tasks, procs, conns, stats, meter, src_label, index_mode, str(dst))
         for c in conns:
             c.send(("stop",))
         for p in procs:
             p.join(timeout=30)
-        _finish_file(job, doc_tokens, stats)
-        os.replace(job.tmp_dst, dst)
-        fsync_dir(dst.parent)
+        try:
+            _finish_file(job, doc_tokens, stats)
+            os.replace(job.tmp_dst, dst)
+            fsync_dir(dst.parent)
+        except OSError as e:  # disk full or an I/O error on the output's filesystem
+            raise PackFailed(f"{dst}: cannot write the output: {e.strerror or e}; nothing was written") from None
         stats.seconds = time.monotonic() - t0
         if meter.tty:
             meter.update(stats, force=True)
@@ -156,7 +159,7 @@ def _task_bytes(task: tuple) -> int:
 
 
 def _drive(job: PackJob, tasks, procs, conns, stats: PackStats, meter: _Progress, src_label: str,
-           index_mode: bool) -> list[np.ndarray]:
+           index_mode: bool, dst_label: str) -> list[np.ndarray]:
     """The main loop: dispatch, collect counts in order, hand out offsets. Returns the per-chunk
     (num_docs,) token counts in input order."""
     n_workers = len(procs)
@@ -203,6 +206,8 @@ def _drive(job: PackJob, tasks, procs, conns, stats: PackStats, meter: _Progress
                 raise PackFailed(f"pack worker {p.pid} died ({_describe_exit(p.exitcode)}); "
                                  "nothing was written") from None
             if msg[0] == "failed":
+                if msg[3]:  # pwrite into the output failed: the problem is DST's disk, not SRC
+                    raise PackFailed(f"{dst_label}: cannot write the output: {msg[2]}; nothing was written")
                 raise PackFailed(f"{src_label}: pack worker failed on chunk {msg[1]}: {msg[2]}")
             if msg[0] == "written":
                 outstanding[w].discard(msg[1])

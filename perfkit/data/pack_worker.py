@@ -103,6 +103,10 @@ def read_entries_chunk(fd: int, offsets: np.ndarray, lengths: np.ndarray, file_s
     return chunk
 
 
+class OutputWriteError(OSError):
+    """Writing the output failed (disk full, quota, I/O error): the message names the output."""
+
+
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         n = os.pwrite(fd, data, offset)
@@ -135,7 +139,10 @@ def worker_main(conn, job: PackJob, tokenizer=None) -> None:
             cid = msg[1]
             if kind == "write":
                 tokens = pending.pop(cid)
-                pwrite_all(dst_fd, memoryview(tokens.view(np.uint8)), HEADER_SIZE + msg[2])
+                try:
+                    pwrite_all(dst_fd, memoryview(tokens.view(np.uint8)), HEADER_SIZE + msg[2])
+                except OSError as e:  # the output's disk, not the input: say so
+                    raise OutputWriteError(e.errno, e.strerror or str(e)) from e
                 conn.send(("written", cid))
                 continue
             if kind == "lines":
@@ -157,7 +164,8 @@ def worker_main(conn, job: PackJob, tokenizer=None) -> None:
         pass  # the main process is gone or stopping us: nothing to report to
     except BaseException as e:
         try:
-            detail = str(e) if isinstance(e, (TokenOverflowError, OSError)) else traceback.format_exc()
-            conn.send(("failed", cid, detail))
+            detail = (e.strerror if isinstance(e, OutputWriteError) else
+                      str(e) if isinstance(e, (TokenOverflowError, OSError)) else traceback.format_exc())
+            conn.send(("failed", cid, detail, isinstance(e, OutputWriteError)))
         except (OSError, EOFError):
             pass
