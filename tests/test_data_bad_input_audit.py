@@ -207,3 +207,22 @@ def test_inspect_explicit_doc_on_empty_file_and_wrong_file(write_jsonl, tmp_path
     assert err[0] == f"perfkit inspect: --doc 5 is out of range: {empty} has 0 documents"
     assert err[1].startswith(f"perfkit inspect: {src}: header token width is ")
     assert err[1].endswith("(is it a .pbin file at all?)")
+
+
+@pytest.mark.parametrize("where", ["tokens", "index"])
+def test_full_output_disk_names_the_output_and_leaves_nothing(write_jsonl, tmp_path, capsys, monkeypatch, where):
+    """ENOSPC while a worker writes tokens (forked workers inherit the patch) or while the main
+    process writes the index: the message names DST (not the input), exit 1, no file left."""
+    import errno
+
+    from perfkit.data import pack_pipeline, pack_worker
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pack_worker if where == "tokens" else pack_pipeline, "pwrite_all", full)
+    src, dst = write_jsonl(GOOD), tmp_path / "out" / "c.pbin"
+    assert run_pack(src, dst, "--workers", "2") == 1
+    err = capsys.readouterr().err
+    assert f"perfkit pack: {dst}: cannot write the output: No space left on device" in err
+    assert "Traceback" not in err and nothing_written(tmp_path, dst)
