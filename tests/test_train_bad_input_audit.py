@@ -69,9 +69,9 @@ def test_config_that_is_a_folder_or_binary_names_the_file(tmp_path, capsys):
     assert rc == 2 and f"{binary}: not UTF-8 text" in err
 
 
-def test_section_override_and_value_less_key(tmp_path, capsys):
+def test_section_override_and_value_less_key(tmp_path, base, capsys):
     # docs/configuration.md: --scheduler='{kind = ...}' replaces the section; main rejected it
-    rc, _ = train([CPU_DEBUG, "--dry-run", '--scheduler={kind = "constant", warmup_steps = 3}'], capsys)
+    rc, _ = train(base + ["--dry-run", '--scheduler={kind = "constant", warmup_steps = 3}'], capsys)
     assert rc == 0
     # a key without a value must not swallow the next override as its value
     rc, err = train([CPU_DEBUG, "--training.max_steps", "--optimizer.lr=1"], capsys)
@@ -123,7 +123,8 @@ def test_fewer_validation_windows_than_ranks(tmp_path):
     from perfkit.train.setup import check_data
 
     one = write_pbin(tmp_path / "one.pbin", [np.arange(70) % 200])  # exactly one window
-    cfg = load_config(CPU_DEBUG, [f'--data.val=["{one}"]', "--model.vocab_size=256"])
+    # (the train file too: CI has not packed the demo data cpu_debug.toml points at)
+    cfg = load_config(CPU_DEBUG, [f'--data.train=["{one}"]', f'--data.val=["{one}"]', "--model.vocab_size=256"])
     with pytest.raises(ValueError, match=r"\$\.data\.val: 1 validation windows of 65 tokens for 2 ranks"):
         check_data(cfg, world_size=2)
 
