@@ -22,7 +22,8 @@ from perfkit.config import MetricsConfig
 # Dense bf16 peak FLOP/s by GPU name (NVIDIA datasheets: the sparsity figures halved); checked in
 # order, so the more specific names come first.
 _PEAK_BF16 = (
-    ("H200", 989e12),   # also GH200
+    ("H200 NVL", 835e12),   # the PCIe card (600 W): 1,671 sparse -> 835 dense, below the SXM part
+    ("H200", 989e12),   # SXM, also GH200
     ("H100 PCIE", 756e12),
     ("H100 NVL", 835e12),
     ("H100", 989e12),   # SXM: torch names it "NVIDIA H100 80GB HBM3"

@@ -243,3 +243,21 @@ def test_gpt_with_triton_kernels_matches_pytorch_gpt(device):
         results[k] = [logits] + [p.grad for p in model.parameters()]
     for a, b in zip(results["triton"], results["torch"]):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_rms_norm_backward_goes_chunked_above_8192(device):
+    # issue 18: at hidden 16384 the single-pass backward spilled registers on sm_90, so the backward
+    # takes the chunked path above 8192 while the forward stays single-pass up to 16384
+    from perfkit.kernels import rms_norm_triton as rt
+    assert rt._tile(8192, backward=True)[2] and not rt._tile(8193, backward=True)[2]
+    assert not rt._tile(16384, backward=True)[2] and rt._tile(16384)[2]
+    assert rt._tile(12000)[:3] == (1, 16384, True) and rt._tile(12000, backward=True)[:3] == (1, rt.CHUNK_N, False)
+    # 12000: single-pass forward feeding the chunked backward, the pairing only this split creates
+    gen = torch.Generator().manual_seed(18)
+    x, w = _leaf(_rand((3, 12000), torch.float32, device, gen)), _leaf(_rand((12000,), torch.float32, device, gen))
+    dy = _rand((3, 12000), torch.float32, device, gen)
+    rms_norm(x, w, 1e-5).backward(dy)
+    x64, w64 = _leaf(x.double()), _leaf(w.double())
+    _rms_norm64(x64, w64, 1e-5).backward(dy.double())
+    _close(x.grad, x64.grad, torch.float32)
+    _close(w.grad, w64.grad, torch.float32, scale=2.0)

@@ -3,6 +3,12 @@
 Evaluation is a sync point by nature (the result is printed); it is not part of the training step.
 All ranks run the same number of forward passes (the val loader guarantees equal batch counts),
 which FSDP's collectives require.
+
+A smaller last batch (the val windows rarely divide into micro-batches) is padded to the full
+batch with token-0 inputs and ignored (-100) targets: the compiled blocks then see one shape, where
+a new batch size would recompile every block with a dynamic batch dimension (seconds to tens of
+seconds on a GPU). Every window is still evaluated and the mean is over real target tokens only;
+the padding costs at most B - 1 extra rows of forward once per evaluation.
 """
 
 from __future__ import annotations
@@ -17,17 +23,23 @@ from torch import nn
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: torch.device,
              max_batches: int = 0) -> float:
-    """Mean validation loss per target token over all ranks; max_batches > 0 caps the pass."""
+    """Mean validation loss per target token over all ranks; max_batches > 0 caps the pass.
+
+    Batches are padded to `batches.micro_batch_size` (the ValLoader's B) or, without that
+    attribute, to the first batch's size (see the module note)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)   # sum of per-token losses
     count = torch.zeros((), dtype=torch.float64, device=device)      # target tokens seen
+    full = getattr(batches, "micro_batch_size", None)
     for i, (inputs, targets) in enumerate(batches):
         if max_batches and i >= max_batches:
             break
+        full = full or inputs.shape[0]
+        n = targets.numel()                          # real target tokens of this batch
+        inputs, targets = _pad_rows(inputs, targets, full)
         logits = model(inputs)                       # (B, S, V_padded)
-        n = targets.numel()
-        loss_sum += loss_fn(logits, targets).double() * n
+        loss_sum += loss_fn(logits, targets).double() * n  # the loss means over non-ignored targets
         count += n
     if dist.is_initialized() and dist.get_world_size() > 1:
         both = torch.stack([loss_sum, count])
@@ -35,3 +47,13 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: tor
         loss_sum, count = both[0], both[1]
     model.train(was_training)
     return float(loss_sum / count.clamp(min=1))
+
+
+def _pad_rows(inputs: torch.Tensor, targets: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B', S) -> (rows, S) for B' < rows: token 0 as input, -100 (ignored by the loss) as target."""
+    missing = rows - inputs.shape[0]
+    if missing <= 0:
+        return inputs, targets
+    pad_in = inputs.new_zeros((missing, *inputs.shape[1:]))
+    pad_tg = targets.new_full((missing, *targets.shape[1:]), -100)
+    return torch.cat([inputs, pad_in]), torch.cat([targets, pad_tg])

@@ -5,7 +5,9 @@ Order (torchtitan's, for reasons):
 2. `block.compile(fullgraph=True)` per transformer block - in place, so parameter names stay
    `blocks.0.attn...` (a checkpoint loads with compile on or off) and every block reuses one graph.
 3. `fully_shard` per block, then the root (embedding, final norm, head): one all-gather per block
-   in forward, one reduce-scatter per block in backward, overlapped with compute.
+   in forward, one reduce-scatter per block in backward, overlapped with compute. The root never
+   reshards after forward: its parameters are the first needed in backward (head, final norm),
+   where nothing could overlap their all-gather (torch >= 2.8 honours the flag on the root).
 4. `to_empty(device)` allocates only this rank's shards; `init_weights()` fills them.
 
 Mixed precision: bf16 parameters for compute, fp32 gradient reduction and fp32 master weights
@@ -60,7 +62,9 @@ def build_model(model_cfg: ModelConfig, par: ParallelConfig, device: torch.devic
         # saves one all-gather per step at the cost of one block's unsharded memory.
         reshard = par.reshard_after_forward and i < n - 1
         fully_shard(block, mp_policy=block_policy, reshard_after_forward=reshard)
-    fully_shard(model, mp_policy=mp_policy(par, device), reshard_after_forward=par.reshard_after_forward)
+    # root: embedding, final norm and head stay gathered from forward into backward (torchtitan's
+    # choice), else each micro-batch's backward starts with an all-gather nothing overlaps
+    fully_shard(model, mp_policy=mp_policy(par, device), reshard_after_forward=False)
 
     if par.init_device == "meta":
         model.to_empty(device=device)

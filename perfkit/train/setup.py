@@ -127,8 +127,10 @@ def check_outputs(cfg: Config) -> None:
 def configure_backends(cfg: Config, env: Env) -> None:
     """Process-wide numeric flags, set before anything is built."""
     if env.device.type == "cuda" and cfg.parallel.mixed_precision == "bf16":
-        # the few fp32 matmuls outside the bf16 compute may use TF32 (an fp32 run stays exact fp32)
-        torch.backends.cuda.matmul.allow_tf32 = True
+        # the few fp32 matmuls outside the bf16 compute may use TF32 (an fp32 run stays exact fp32);
+        # the fp32_precision API (torch >= 2.9): the old allow_tf32 flag warns, and mixing the two
+        # raises when either is read later (Inductor reads fp32_precision)
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
 
 
 def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None):
