@@ -88,6 +88,16 @@ def _check(triton_outs, ref_outs, triton_grads, ref_grads) -> float:
 
 def bench_case(op: str, rows: int, hidden: int, dtype: torch.dtype, device: torch.device,
                copy: float) -> tuple[list[dict], float]:
+    # Backward is timed again and again on one graph (retain_graph=True), which AOTAutograd refuses
+    # once a compiled backward has donated buffers (saved activations it may overwrite): off here.
+    import torch._functorch.config as functorch_config  # not imported by `import torch` alone
+
+    with functorch_config.patch(donated_buffer=False):
+        return _bench_case(op, rows, hidden, dtype, device, copy)
+
+
+def _bench_case(op: str, rows: int, hidden: int, dtype: torch.dtype, device: torch.device,
+                copy: float) -> tuple[list[dict], float]:
     make, triton_fn, reference_fn, fwd_units, bwd_units = OPS[op]
     inputs = tuple(t.requires_grad_(True) for t in make(rows, hidden, dtype, device))
     torch._dynamo.reset()  # one specialized compile per shape, never the recompile limit
