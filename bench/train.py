@@ -9,7 +9,9 @@ autotuning, first allocations), then `--steps` timed optimizer steps with a devi
 each timer boundary (perfkit.bench.train_measure), and prints device, versions, git commit,
 tokens/s per GPU (median, p20, p80), step time, TFLOP/s and MFU (formula and peak named), peak
 memory and the share of time spent waiting for data. Every rank times its own steps; rank 0 prints
-and appends one JSON line per measured variant to --json (default bench/results/bench.jsonl).
+and appends one JSON line per measured variant to --json, each as soon as that variant finishes
+(default: bench.jsonl in the run folder <run.root>/bench_<time>/, so a benchmark never writes into
+the checkout; bench/results/ holds only the records committed on purpose).
 
 --profile       torch.profiler over --profile-steps more steps after the timed ones: a Chrome/Perfetto
                 trace per rank in the run folder (<run.root>/bench_<time>/) and a table of top operations.
@@ -29,7 +31,6 @@ import traceback
 from pathlib import Path
 
 DEFAULT_CONFIG = "configs/gpt2.toml"
-DEFAULT_JSON = "bench/results/bench.jsonl"
 
 # axis -> [(variant name, config overrides)]; the first variant is the baseline of the ratios
 COMPARE = {
@@ -55,7 +56,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--memory-snapshot", action="store_true", help="profile (implies --profile) and, on CUDA, "
                                                                   "write a memory snapshot of the profiled steps")
     p.add_argument("--compare", choices=sorted(COMPARE), help="measure the variants of one axis side by side")
-    p.add_argument("--json", default=DEFAULT_JSON, metavar="FILE", help=f"append records here ({DEFAULT_JSON})")
+    p.add_argument("--json", metavar="FILE", help="append records here (default: bench.jsonl in the run "
+                                                  "folder <run.root>/bench_<time>/)")
     p.add_argument("--override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. --override training.micro_batch_size=8 model.kernels=torch "
                         "(put CONFIG before them)")
@@ -176,15 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env_info = environment(env.device)
         peak = peak_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
-        run_dir = None
-        if args.profile:
-            run_dir = Path(first.run.root) / distributed.broadcast_object(
-                time.strftime("bench_%Y-%m-%d__%H-%M-%S", time.gmtime()))
-            run_dir.mkdir(parents=True, exist_ok=True)
+        # the run folder: traces, memory snapshots and (by default) the JSON records of this run
+        run_dir = Path(first.run.root) / distributed.broadcast_object(
+            time.strftime("bench_%Y-%m-%d__%H-%M-%S", time.gmtime()))
+        run_dir.mkdir(parents=True, exist_ok=True)  # every rank: on other nodes it holds their traces
+        json_path = Path(args.json) if args.json else run_dir / "bench.jsonl"
         records, failed = [], []
         for name, cfg in configs:
             try:
                 records.append(run_variant(args, cfg, env, env_info, peak, run_dir, name, show_header=not records))
+                if env.is_main:  # at once: a later variant that times out must not cost this one
+                    append_jsonl(json_path, records[-1:])
             except Exception as e:
                 if not args.compare:
                     raise
@@ -198,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.compare:
                 from perfkit.bench.train_report import compare_table
                 print(compare_table(records, args.compare) + (f"\nfailed: {', '.join(failed)}" if failed else ""))
-            path = append_jsonl(args.json, records)
-            print(f"perfkit bench train: appended {len(records)} record(s) to {path}", flush=True)
+            print(f"perfkit bench train: appended {len(records)} record(s) to {json_path}", flush=True)
         return 1 if failed else 0
     except (NonFiniteError, *setup.SETUP_ERRORS) as e:
         print(f"perfkit bench train: rank {env.rank}: {e}", file=sys.stderr)

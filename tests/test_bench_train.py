@@ -159,6 +159,46 @@ def test_compare_keeps_the_other_variant_when_one_fails(tmp_path, capsys, monkey
     assert "variant torch failed: MemoryError" in captured.err and "failed: torch" in captured.out
 
 
+def test_compare_writes_each_record_before_the_next_variant_runs(tmp_path, monkeypatch):
+    # issue 18: device_check.sh kills a variant that outlives its timeout (the process dies, no
+    # cleanup runs); the record of the variant that finished before it must already be on disk
+    from perfkit.bench import train
+
+    real = train.run_variant
+    on_disk_when_torch_started = []
+
+    def torch_variant_is_killed(args, cfg, env, env_info, peak, run_dir, variant, show_header):
+        if variant == "torch":
+            out = tmp_path / "bench.jsonl"
+            on_disk_when_torch_started.extend(json.loads(x)["variant"] for x in out.read_text().splitlines())
+            raise KeyboardInterrupt  # a BaseException, as a kill is: nothing after this point runs
+        return real(args, cfg, env, env_info, peak, run_dir, variant, show_header)
+
+    monkeypatch.setattr(train, "run_variant", torch_variant_is_killed)
+    with pytest.raises(KeyboardInterrupt):
+        bench(tmp_path, "--synthetic", "--compare", "kernels")
+    assert on_disk_when_torch_started == ["triton"]
+    line = json.loads((tmp_path / "bench.jsonl").read_text())
+    assert line["variant"] == "triton" and line["tokens_per_s_per_gpu"]["median"] > 0
+
+
+def test_default_json_goes_to_the_run_folder_not_the_checkout(tmp_path, monkeypatch):
+    # issue 12: without --json the records land in <run.root>/bench_<time>/bench.jsonl; nothing is
+    # written under the checkout's bench/results/ (kept for committed records)
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    before = sorted(p.name for p in results.iterdir())
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main([CPU_DEBUG, "--steps", "2", "--warmup", "0", "--synthetic", "--parallel.compile=false",
+                   f"--model.vocab_size={VOCAB}", f"--run.root={tmp_path / 'runs'}"])
+    assert rc == 0
+    written = list((tmp_path / "runs").glob("bench_*/bench.jsonl"))
+    assert len(written) == 1
+    r = json.loads(written[0].read_text())
+    check_consistent(r)
+    assert r["run_dir"] == str(written[0].parent)
+    assert sorted(p.name for p in results.iterdir()) == before and not (tmp_path / "bench").exists()
+
+
 def test_bench_builds_through_the_trainers_builder(tmp_path, monkeypatch):
     """The bench must time what `perfkit train` runs: its parts come from the trainer's own
     perfkit.train.setup.build_train_parts (the one builder both use), not from a copy."""
