@@ -5,8 +5,10 @@
 # installed and no network. In well under 8 minutes it runs, in this order (the headline first, so
 # a slow step late in the list cannot cost it):
 #   env        nvidia-smi, versions, git commit                       -> OUTDIR/env.txt
-#   install    perfkit importable as perfkit.kernels / perfkit.bench (pip -e, else a symlink shim);
-#              msgspec from .whl/*.whl when the image lacks it (carry .whl with the call)
+#   deps       which of perfkit's modules this python lacks (said first); each missing one installed
+#              by name from .whl/ (msgspec; torchao for float8: carry .whl with the call)
+#   install    perfkit importable as perfkit.kernels / perfkit.bench (pip -e, else a symlink shim,
+#              with PYTHONSAFEPATH=1 so the checkout's own perfkit/ does not shadow it)
 #   train      perfkit bench configs/gpt2.toml --compare kernels --profile (on the demo .pbin when
 #              data/preprocessed travelled with the call, else --synthetic) -> OUTDIR/train.jsonl (both variants, each profiled after its timed steps: one process,
 #              so the compile of each variant is paid once); the Triton variant's rank-0 Chrome trace
@@ -23,6 +25,9 @@
 # For a dry run of the script itself on a CPU box (tests/test_bench_device_check.py):
 #   DEVICE_CHECK_CONFIG=configs/cpu_debug.toml DEVICE_CHECK_EXTRA='--model.vocab_size=256'
 #   DEVICE_CHECK_SKIP_INSTALL=1 (use the perfkit already importable) bench/device_check.sh OUTDIR
+# DEVICE_CHECK_WHEELS (default ./.whl), DEVICE_CHECK_NEEDS / DEVICE_CHECK_OPTIONAL (module names,
+# also the wheels' names) change the deps step; DEVICE_CHECK_STEPS="NAME ..." runs only those steps
+# (env, deps and install always run); BUDGET_S sets the shared deadline. Needs Python >= 3.11.
 set -u
 set -o pipefail
 
@@ -38,6 +43,7 @@ BUDGET_S=${BUDGET_S:-465}
 DEADLINE=$(( $(date +%s) + BUDGET_S ))
 RESERVE_S=15                                 # kept for the summary at the end
 FAILED=0
+ONLY=${DEVICE_CHECK_STEPS:-}                 # e.g. "train kernels": only these steps (a rerun of what failed)
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 : >"$LOG"
 
@@ -53,6 +59,10 @@ record() {  # record NAME RC SECONDS COMMAND...
 step() {  # step NAME CAP_SECONDS COMMAND... : run with min(cap, time left) as its timeout
     local name=$1 cap=$2
     shift 2
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then
+        note "=== $name: not in DEVICE_CHECK_STEPS ($ONLY)"
+        return
+    fi
     local left=$(( DEADLINE - RESERVE_S - $(date +%s) ))
     local limit=$(( cap < left ? cap : left ))
     if [ "$limit" -lt 30 ]; then
@@ -82,36 +92,72 @@ step() {  # step NAME CAP_SECONDS COMMAND... : run with min(cap, time left) as i
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt" | tee -a "$LOG"
 
-# ---- install: perfkit.kernels and perfkit.bench only resolve through the package-dir mapping ------
+# ---- deps: what this python lacks, said before any step runs --------------------------------------
+# The GPU image has torch, triton, numpy, tiktoken, tensorboard and pytest but not msgspec (which
+# perfkit.config needs) nor torchao (float8). Their cp312 wheels travel in .whl/ (command in
+# bench/results/README.md); each missing one is installed BY NAME from that folder, so an extra or
+# unreadable wheel there cannot break the install. Modules are also pip names here.
+WHEELS=${DEVICE_CHECK_WHEELS:-$REPO/.whl}
+NEEDS=${DEVICE_CHECK_NEEDS:-"torch triton numpy tiktoken tensorboard pytest msgspec"}
+OPTIONAL=${DEVICE_CHECK_OPTIONAL:-torchao}
+SITE=$(mktemp -d /tmp/perfkit_site.XXXXXX)     # wheels install here, never into the image
+SHIM=$(mktemp -d /tmp/perfkit_shim.XXXXXX)     # the package-dir mapping made of links (fallback)
+missing() {  # missing MODULE... -> the names this python cannot import, space-separated
+    timeout 60 "$PY" -c 'import importlib, sys
+out = []
+for m in sys.argv[1:]:
+    try:
+        importlib.import_module(m)
+    except Exception:
+        out.append(m)
+print(" ".join(out))' "$@"
+}
+left_s() { echo $(( DEADLINE - RESERVE_S - $(date +%s) )); }
+cap() { local c=$1 l; l=$(left_s); [ "$l" -lt "$c" ] && c=$l; [ "$c" -lt 5 ] && c=5; echo "$c"; }  # pip timeouts
 t0=$(date +%s)
 install_rc=0
+miss=$(missing $NEEDS) miss_opt=$(missing $OPTIONAL)
+note "deps: missing before install: ${miss:-none}${miss_opt:+ (optional: $miss_opt)}"
+echo "deps missing before install: ${miss:-none}${miss_opt:+ (optional: $miss_opt)}" >>"$OUT/env.txt"
+from_wheels=()
+for m in $miss $miss_opt; do
+    if ls "$WHEELS/$m"-*.whl >/dev/null 2>&1; then from_wheels+=("$m")
+    else note "deps: no wheel for $m in $WHEELS"; fi
+done
+if [ "${#from_wheels[@]}" -gt 0 ]; then
+    note "deps: installing ${from_wheels[*]} from $WHEELS"
+    timeout "$(cap 60)" "$PY" -m pip install -q --no-index --find-links "$WHEELS" --no-deps --no-compile \
+        --no-cache-dir --disable-pip-version-check --target "$SITE" "${from_wheels[@]}" 2>&1 | tee -a "$LOG"
+    export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+fi
+still=$(missing $NEEDS) still_opt=$(missing $OPTIONAL)
+[ -z "$still" ] || { note "deps: still missing: $still (the steps that import them will fail)"; install_rc=1; }
+[ -z "$still_opt" ] || note "deps: optional, unavailable: $still_opt"
+
+# ---- install: perfkit.kernels and perfkit.bench only resolve through the package-dir mapping ------
+# PYTHONSAFEPATH (Python >= 3.11): `python -c` / `python -m` from the repo root would put the root
+# first on sys.path, and `import perfkit` would load ./perfkit (no kernels/ or bench/ inside) before
+# the shim on PYTHONPATH is reached. An editable install works either way; the shim needs this.
+export PYTHONSAFEPATH=1
 if [ "${DEVICE_CHECK_SKIP_INSTALL:-0}" = 1 ]; then
     note "install skipped (DEVICE_CHECK_SKIP_INSTALL=1)"
-elif ! "$PY" -c "import msgspec" 2>/dev/null; then
-    if ls .whl/*.whl >/dev/null 2>&1; then
-        timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/perfkit_site .whl/*.whl 2>&1 | tee -a "$LOG" || install_rc=1
-        export PYTHONPATH=/tmp/perfkit_site${PYTHONPATH:+:$PYTHONPATH}
-    else
-        note "msgspec is not installed and .whl/ holds no wheel for it: perfkit.config cannot load"
-        install_rc=1
-    fi
-fi
-if [ "${DEVICE_CHECK_SKIP_INSTALL:-0}" = 1 ]; then
-    :
-elif ! timeout 180 "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tee -a "$LOG"; then
+    install_cmd="(skipped: DEVICE_CHECK_SKIP_INSTALL=1)"
+elif timeout "$(cap 60)" "$PY" -m pip install -q --no-index --no-deps --no-build-isolation \
+        --disable-pip-version-check -e . 2>&1 | tee -a "$LOG"; then
+    install_cmd="pip install --no-index --no-deps --no-build-isolation -e ."
+else
     # the same layout as the mapping, made of links: perfkit/* plus kernels/ and bench/ inside it
-    note "pip install -e . failed; importing through a symlink shim instead"
-    rm -rf /tmp/perfkit_shim && mkdir -p /tmp/perfkit_shim/perfkit
-    for f in "$REPO"/perfkit/*; do ln -s "$f" /tmp/perfkit_shim/perfkit/; done
-    ln -s "$REPO/kernels" /tmp/perfkit_shim/perfkit/kernels
-    ln -s "$REPO/bench" /tmp/perfkit_shim/perfkit/bench
-    export PYTHONPATH=/tmp/perfkit_shim${PYTHONPATH:+:$PYTHONPATH}
+    note "pip install -e . failed; importing through a symlink shim instead ($SHIM)"
+    mkdir -p "$SHIM/perfkit"
+    for f in "$REPO"/perfkit/*; do ln -s "$f" "$SHIM/perfkit/"; done
+    ln -s "$REPO/kernels" "$SHIM/perfkit/kernels"
+    ln -s "$REPO/bench" "$SHIM/perfkit/bench"
+    export PYTHONPATH=$SHIM${PYTHONPATH:+:$PYTHONPATH}
+    install_cmd="symlink shim $SHIM on PYTHONPATH (pip install -e . failed)"
 fi
 timeout 120 "$PY" -c "import perfkit.config, perfkit.kernels, perfkit.bench.train, perfkit.bench.kernels; \
-print('perfkit imports from', perfkit.__file__)" 2>&1 | tee -a "$LOG" || install_rc=1
-if [ "${DEVICE_CHECK_SKIP_INSTALL:-0}" = 1 ]; then install_cmd="(skipped: DEVICE_CHECK_SKIP_INSTALL=1)"
-else install_cmd="pip install --no-deps --no-build-isolation -e ."; fi
+print('perfkit imports from', perfkit.__file__, '- kernels from', perfkit.kernels.__file__)" 2>&1 | tee -a "$LOG" \
+    || install_rc=1
 record install "$install_rc" "$(( $(date +%s) - t0 ))" "$install_cmd"
 
 # ---- benchmarks and tests -----------------------------------------------------------------------
@@ -153,6 +199,6 @@ timeout 60 "$PY" bench/device_summary.py "$OUT" "$STEPS" 2>&1 | tee -a "$LOG" ||
     { echo "# perfkit device check"; echo; echo "summary writer failed; steps:"; sed 's/^/    /' "$STEPS"; } \
         >"$OUT/summary.md"
 }
-rm -f "$STEPS"
+rm -rf "$STEPS" "$SHIM"   # $SITE stays: a shell on the machine can reuse it
 note "=== done: $(ls "$OUT" | tr '\n' ' ')"
 exit "$FAILED"
