@@ -130,7 +130,8 @@ if [ "${#from_wheels[@]}" -gt 0 ]; then
         --no-cache-dir --disable-pip-version-check --target "$SITE" "${from_wheels[@]}" 2>&1 | tee -a "$LOG"
     export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 fi
-still=$(missing $NEEDS) still_opt=$(missing $OPTIONAL)
+still=$miss still_opt=$miss_opt   # re-checked only when something was installed (each check imports torch)
+[ "${#from_wheels[@]}" -eq 0 ] || { still=$(missing $miss); still_opt=$(missing $miss_opt); }
 [ -z "$still" ] || { note "deps: still missing: $still (the steps that import them will fail)"; install_rc=1; }
 [ -z "$still_opt" ] || note "deps: optional, unavailable: $still_opt"
 
