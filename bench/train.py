@@ -178,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env_info = environment(env.device)
         peak = peak_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
-        # the run folder: traces, memory snapshots and (by default) the JSON records of this run
-        run_dir = Path(first.run.root) / distributed.broadcast_object(
-            time.strftime("bench_%Y-%m-%d__%H-%M-%S", time.gmtime()))
-        run_dir.mkdir(parents=True, exist_ok=True)  # every rank: on other nodes it holds their traces
+        # the run folder, made when something goes there: traces and memory snapshots (--profile)
+        # and, without --json, the JSON records of this run
+        run_dir = None
+        if args.profile or not args.json:
+            run_dir = Path(first.run.root) / distributed.broadcast_object(
+                time.strftime("bench_%Y-%m-%d__%H-%M-%S", time.gmtime()))
+            run_dir.mkdir(parents=True, exist_ok=True)  # every rank: on other nodes it holds their traces
         json_path = Path(args.json) if args.json else run_dir / "bench.jsonl"
         records, failed = [], []
         for name, cfg in configs:
