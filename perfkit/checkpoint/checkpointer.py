@@ -43,8 +43,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict)
 
-from perfkit.checkpoint import layout, state
+from perfkit.checkpoint import layout, safe_metadata, state
 from perfkit.checkpoint.layout import CheckpointError
+from perfkit.checkpoint.safe_metadata import read_metadata
 
 TRAIN_STATE = "train_state.pt"
 CONFIG_JSON = "config.json"
@@ -285,7 +286,9 @@ class Checkpointer:
         self._check_shapes(target, want["model"])
         try:
             with _quiet_single_process():
-                dcp.load(want, checkpoint_id=str(target), process_group=self.group, no_dist=not _distributed())
+                safe_metadata.load(want, target, process_group=self.group, no_dist=not _distributed())
+        except CheckpointError:
+            raise
         except Exception as e:  # DCP raises CheckpointException and friends with per-rank details
             raise CheckpointError(f"loading {target} failed: {e}") from e
         if with_optimizer:
@@ -295,7 +298,7 @@ class Checkpointer:
             set_model_state_dict(self.model, want["model"])
 
     def _check_shapes(self, target: Path, model_sd: dict[str, Any]) -> None:
-        meta = dcp.FileSystemReader(str(target)).read_metadata().state_dict_metadata
+        meta = read_metadata(target).state_dict_metadata  # the allow-list unpickler: no code runs
         found = {k[len("model."):]: tuple(v.size) for k, v in meta.items()
                  if k.startswith("model.") and hasattr(v, "size")}
         expected = {k: tuple(v.shape) for k, v in model_sd.items() if isinstance(v, torch.Tensor)}
