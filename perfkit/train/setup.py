@@ -166,11 +166,13 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
     from perfkit.train.preemption import PreemptionGuard
 
     distributed.init(env, cfg.parallel)
+    lock = None  # the run folder's flock (rank 0), held until the run ends
     try:
         exp_id = cfg.run.experiment_id or run_folder.new_experiment_id(resolved)
         exp_id = distributed.broadcast_object(exp_id)  # rank 0's timestamp for everyone
         run_dir = Path(cfg.run.root) / exp_id
         resolved = {**resolved, "run": {**resolved["run"], "experiment_id": exp_id}}
+        lock = _lock_run_folder(env, run_dir)  # before anything reads or writes the folder
         precision = ("bf16 params / fp32 reduce" if env.device.type == "cuda" and cfg.parallel.mixed_precision == "bf16"
                      else "fp32" + (" (bf16 applies on CUDA only)" if cfg.parallel.mixed_precision == "bf16" else ""))
         if env.is_main:
@@ -204,7 +206,30 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
         finally:
             parts.loader.close()
     finally:
+        if lock is not None:
+            lock.release()
         distributed.shutdown()
+
+
+def _lock_run_folder(env: Env, run_dir: Path):
+    """Rank 0 takes the run folder's flock (run_folder.RunLock); every rank gets the outcome, so a
+    refused run stops all its ranks with the same line and none waits in a collective."""
+    from perfkit.train import run_folder
+
+    lock, problem = None, None
+    if env.is_main:
+        try:
+            lock = run_folder.RunLock(run_dir).acquire()
+            if lock.warning:
+                print(f"perfkit train: {lock.warning}", flush=True)
+        except run_folder.RunFolderBusy as e:
+            problem = str(e)
+        except OSError as e:
+            problem = f"cannot lock the run folder {run_dir}: {e.strerror or e}"
+    problem = distributed.broadcast_object(problem)
+    if problem:
+        raise ValueError(problem)
+    return lock
 
 
 def _write_run_folder(env: Env, run_dir: Path, resolved: dict) -> None:
