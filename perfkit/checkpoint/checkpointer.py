@@ -9,6 +9,8 @@ How the trainer uses it (every call is collective: all ranks call it at the same
                         progress=progress,                     # step, tokens_seen, nonfinite_skips
                         model_config=cfg.model,                # checked against the checkpoint's
                         config=resolved_config_dict,           # saved as config.json (any JSON-able)
+                        data_files={"$.data.train": [...]},    # fingerprinted; a resume on other data is refused
+                        settings_check=f)                      # f(checkpoint's config.json): refuse or report
                         faults=nonfinite_guard)                # optional perfkit.train.faults.NonFiniteGuard
     ckpt.restore()        # once, after building everything, before the first step; mutates
                           # model/optimizer/scheduler/loader/progress in place; returns the path or None
@@ -43,13 +45,14 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict)
 
-from perfkit.checkpoint import layout, safe_metadata, state
+from perfkit.checkpoint import fingerprint, layout, safe_metadata, state
 from perfkit.checkpoint.layout import CheckpointError
 from perfkit.checkpoint.safe_metadata import read_metadata
 
 TRAIN_STATE = "train_state.pt"
 CONFIG_JSON = "config.json"
 MODEL_CONFIG_JSON = "model_config.json"
+DATA_FINGERPRINT_JSON = "data_fingerprint.json"
 
 
 def rng_file(rank: int) -> str:
@@ -60,6 +63,7 @@ class Checkpointer:
     def __init__(self, cfg, run_dir: str | Path, *, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer | None, progress: Any, model_config: Any,
                  scheduler: Any = None, loader: Any = None, config: Any = None, faults: Any = None,
+                 data_files: dict[str, list[str]] | None = None, settings_check: Any = None,
                  process_group: dist.ProcessGroup | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -70,6 +74,9 @@ class Checkpointer:
         self.faults = faults
         self.group = process_group
         self.last_saved_step: int | None = None
+        self.data_files = data_files
+        self.settings_check = settings_check  # f(saved config.json dict); raises ValueError to refuse
+        self._fingerprints: dict | None = None  # rank 0's, computed once (reads <= 8 MiB per file)
 
     # ---- saving -------------------------------------------------------------------------------
 
@@ -124,6 +131,8 @@ class Checkpointer:
                             "scheduler": _state_of(self.scheduler),
                             "loader": _state_of(self.loader)}, partial / TRAIN_STATE)
                 (partial / MODEL_CONFIG_JSON).write_text(json.dumps(self.model_config, indent=1, sort_keys=True))
+                if self.data_files is not None:
+                    (partial / DATA_FINGERPRINT_JSON).write_text(json.dumps(self._data_fingerprints(), indent=1))
                 if self.config is not None:
                     (partial / CONFIG_JSON).write_text(json.dumps(_jsonable(self.config), indent=1, sort_keys=True))
 
@@ -213,6 +222,8 @@ class Checkpointer:
             raise CheckpointError(f"{e}; to continue from the previous checkpoint, pass "
                                   f"--checkpoint.resume={older[-1]}") from None
         self._check_model_config(target)
+        _agree(lambda: self._check_data(target), self.group)
+        _agree(lambda: self._check_settings(target), self.group)
         self._load_sharded(target, with_optimizer=self.optimizer is not None)
         train = torch.load(target / TRAIN_STATE, weights_only=True)
         state.load_progress(self.progress, train["progress"])
@@ -263,6 +274,53 @@ class Checkpointer:
         problems = sorted({p for part in _gather(problems, self.group) for p in part})
         if problems:
             raise CheckpointError(f"checkpoint {target} is damaged: " + "; ".join(problems))
+
+    def _check_settings(self, target: Path) -> None:
+        """Rank 0: hand the checkpoint's config.json to settings_check (a resume only)."""
+        if self.settings_check is None:
+            return
+        try:
+            saved = json.loads((target / CONFIG_JSON).read_text())
+        except FileNotFoundError:
+            return  # an older or hand-made checkpoint: nothing to compare
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {target}: {CONFIG_JSON} unreadable: {e}") from None
+        try:
+            self.settings_check(saved)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {target}: {e}") from None
+
+    def _data_fingerprints(self) -> dict:
+        if self._fingerprints is None:
+            self._fingerprints = fingerprint.data_fingerprints(self.data_files or {})
+        return self._fingerprints
+
+    def _check_data(self, target: Path) -> None:
+        """Rank 0: the data files against the fingerprints the checkpoint was saved with. A
+        difference is refused unless $.checkpoint.allow_data_change; then it is reported."""
+        if self.data_files is None:
+            return
+        try:
+            saved = json.loads((target / DATA_FINGERPRINT_JSON).read_text())
+        except FileNotFoundError:
+            _log(0, f"checkpoint: {target} holds no data fingerprint (an older perfkit wrote it): "
+                    "the data files cannot be compared with the ones it was trained on")
+            return
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {target}: {DATA_FINGERPRINT_JSON} unreadable: {e}") from None
+        try:
+            diffs = fingerprint.differences(saved, self._data_fingerprints())
+        except OSError as e:
+            raise CheckpointError(f"cannot fingerprint the data files: {e}") from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"checkpoint {target}: {DATA_FINGERPRINT_JSON} is malformed ({e!r})") from None
+        if diffs and not getattr(self.cfg, "allow_data_change", False):
+            raise CheckpointError(f"checkpoint {target} was trained on other data: " + "; ".join(diffs)
+                                  + "; resuming would continue on data it never saw in this order (set "
+                                  "--checkpoint.allow_data_change=true to resume anyway)")
+        if diffs:
+            _log(0, "checkpoint: WARNING: resuming on changed data ($.checkpoint.allow_data_change): "
+                    + "; ".join(diffs))
 
     def _check_model_config(self, target: Path, saved: dict | None = None, *, strict: bool = True) -> None:
         """Resume (strict): any differing weight-relevant field is an error naming the fields.

@@ -162,7 +162,7 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
     """Create the process group, build everything, train; always tears the group down."""
     from perfkit.checkpoint import Checkpointer
     from perfkit.metrics import MetricsLogger, peak_flops
-    from perfkit.train import loop, run_folder
+    from perfkit.train import loop, resume_settings, run_folder
     from perfkit.train.preemption import PreemptionGuard
 
     distributed.init(env, cfg.parallel)
@@ -188,8 +188,11 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
             parts.checkpointer = Checkpointer(
                 cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
                 loader=parts.loader, progress=parts.progress, model_config=cfg.model, config=resolved,
-                faults=parts.guard)
-            parts.checkpointer.restore()  # resume / warm start; mutates parts in place
+                faults=parts.guard, data_files={"$.data.train": cfg.data.train, "$.data.val": cfg.data.val},
+                settings_check=lambda saved: resume_settings.check(saved, resolved, _log_main))
+            if parts.checkpointer.restore() is not None and not cfg.checkpoint.warm_start:  # mutates parts
+                # the restored optimizer/scheduler carry the checkpoint's settings: the config wins
+                resume_settings.apply(parts.optimizer, parts.scheduler, cfg)
             # written only now: a refused resume (other model, damaged checkpoint) must leave the
             # run folder's config.json describing the checkpoints that are in it
             _write_run_folder(env, run_dir, resolved)
@@ -209,6 +212,12 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
         if lock is not None:
             lock.release()
         distributed.shutdown()
+
+
+def _log_main(message: str) -> None:  # called on rank 0 only
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
 
 
 def _lock_run_folder(env: Env, run_dir: Path):
