@@ -10,7 +10,7 @@ How the trainer uses it (every call is collective: all ranks call it at the same
                         model_config=cfg.model,                # checked against the checkpoint's
                         config=resolved_config_dict,           # saved as config.json (any JSON-able)
                         data_files={"$.data.train": [...]},    # fingerprinted; a resume on other data is refused
-                        settings_check=f)                      # f(checkpoint's config.json): refuse or report
+                        settings_check=f,                      # f(checkpoint's config.json): refuse or report
                         faults=nonfinite_guard)                # optional perfkit.train.faults.NonFiniteGuard
     ckpt.restore()        # once, after building everything, before the first step; mutates
                           # model/optimizer/scheduler/loader/progress in place; returns the path or None
@@ -296,31 +296,11 @@ class Checkpointer:
         return self._fingerprints
 
     def _check_data(self, target: Path) -> None:
-        """Rank 0: the data files against the fingerprints the checkpoint was saved with. A
-        difference is refused unless $.checkpoint.allow_data_change; then it is reported."""
-        if self.data_files is None:
-            return
-        try:
-            saved = json.loads((target / DATA_FINGERPRINT_JSON).read_text())
-        except FileNotFoundError:
-            _log(0, f"checkpoint: {target} holds no data fingerprint (an older perfkit wrote it): "
-                    "the data files cannot be compared with the ones it was trained on")
-            return
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {target}: {DATA_FINGERPRINT_JSON} unreadable: {e}") from None
-        try:
-            diffs = fingerprint.differences(saved, self._data_fingerprints())
-        except OSError as e:
-            raise CheckpointError(f"cannot fingerprint the data files: {e}") from None
-        except (KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"checkpoint {target}: {DATA_FINGERPRINT_JSON} is malformed ({e!r})") from None
-        if diffs and not getattr(self.cfg, "allow_data_change", False):
-            raise CheckpointError(f"checkpoint {target} was trained on other data: " + "; ".join(diffs)
-                                  + "; resuming would continue on data it never saw in this order (set "
-                                  "--checkpoint.allow_data_change=true to resume anyway)")
-        if diffs:
-            _log(0, "checkpoint: WARNING: resuming on changed data ($.checkpoint.allow_data_change): "
-                    + "; ".join(diffs))
+        """Rank 0: the data files against the checkpoint's fingerprints (refused or reported)."""
+        if self.data_files is not None:
+            fingerprint.check_resume(target / DATA_FINGERPRINT_JSON, self._data_fingerprints,
+                                     allow=getattr(self.cfg, "allow_data_change", False),
+                                     log=lambda msg: _log(0, msg))
 
     def _check_model_config(self, target: Path, saved: dict | None = None, *, strict: bool = True) -> None:
         """Resume (strict): any differing weight-relevant field is an error naming the fields.

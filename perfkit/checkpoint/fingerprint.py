@@ -17,9 +17,12 @@ another folder is not a change.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from perfkit.checkpoint.layout import CheckpointError
 
 BLOCK = 1 << 16          # 64 KiB
 SAMPLE_BLOCKS = 64       # per part: at most 4 MiB read
@@ -80,3 +83,28 @@ def differences(saved: dict[str, list[dict]], current: dict[str, list[dict]]) ->
             if changed:
                 out.append(f"{where}: {' and '.join(changed)} (same size)")
     return out
+
+
+def check_resume(saved_file: Path, current: Callable[[], dict], *, allow: bool, log: Callable[[str], None]) -> None:
+    """Compare the checkpoint's data_fingerprint.json with `current()`; a difference raises
+    CheckpointError naming each file and what differs, or with `allow` is logged in one line."""
+    try:
+        saved = json.loads(saved_file.read_text())
+    except FileNotFoundError:
+        log(f"checkpoint: {saved_file.parent} holds no data fingerprint (an older perfkit wrote it): "
+            "the data files cannot be compared with the ones it was trained on")
+        return
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{saved_file} unreadable: {e}") from None
+    try:
+        diffs = differences(saved, current())
+    except OSError as e:
+        raise CheckpointError(f"cannot fingerprint the data files: {e}") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{saved_file} is malformed ({e!r})") from None
+    if diffs and not allow:
+        raise CheckpointError(f"checkpoint {saved_file.parent} was trained on other data: " + "; ".join(diffs)
+                              + "; resuming would continue on data it never saw in this order (set "
+                              "--checkpoint.allow_data_change=true to resume anyway)")
+    if diffs:
+        log("checkpoint: WARNING: resuming on changed data ($.checkpoint.allow_data_change): " + "; ".join(diffs))
