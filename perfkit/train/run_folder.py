@@ -81,7 +81,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
         self._fd: int | None = None
-        self._created_dir = False
+        self._created: list[Path] = []
         self.warning: str | None = None
 
     def acquire(self) -> "RunLock":
@@ -90,7 +90,8 @@ class RunLock:
         import os
         import socket
 
-        self._created_dir = not self.run_dir.exists()
+        # the folders this lock creates (run folder first, then $.run.root's missing parents)
+        self._created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -117,10 +118,11 @@ class RunLock:
 
         if self._fd is None:
             return
-        if self._created_dir and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
+        if self._created and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
             self.path.unlink(missing_ok=True)  # e.g. a resume refused before anything was written
-            with contextlib.suppress(OSError):
-                self.run_dir.rmdir()
+            for folder in self._created:
+                with contextlib.suppress(OSError):  # not empty: another run's folder appeared
+                    folder.rmdir()
         os.close(self._fd)  # closing the last descriptor releases the flock
         self._fd = None
 
