@@ -9,6 +9,8 @@ How the trainer uses it (every call is collective: all ranks call it at the same
                         progress=progress,                     # step, tokens_seen, nonfinite_skips
                         model_config=cfg.model,                # checked against the checkpoint's
                         config=resolved_config_dict,           # saved as config.json (any JSON-able)
+                        data_files={"$.data.train": [...]},    # fingerprinted; a resume on other data is refused
+                        settings_check=f,                      # f(checkpoint's config.json): refuse or report
                         faults=nonfinite_guard)                # optional perfkit.train.faults.NonFiniteGuard
     ckpt.restore()        # once, after building everything, before the first step; mutates
                           # model/optimizer/scheduler/loader/progress in place; returns the path or None
@@ -43,12 +45,14 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict)
 
-from perfkit.checkpoint import layout, state
+from perfkit.checkpoint import fingerprint, layout, safe_metadata, state
 from perfkit.checkpoint.layout import CheckpointError
+from perfkit.checkpoint.safe_metadata import read_metadata
 
 TRAIN_STATE = "train_state.pt"
 CONFIG_JSON = "config.json"
 MODEL_CONFIG_JSON = "model_config.json"
+DATA_FINGERPRINT_JSON = "data_fingerprint.json"
 
 
 def rng_file(rank: int) -> str:
@@ -59,6 +63,7 @@ class Checkpointer:
     def __init__(self, cfg, run_dir: str | Path, *, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer | None, progress: Any, model_config: Any,
                  scheduler: Any = None, loader: Any = None, config: Any = None, faults: Any = None,
+                 data_files: dict[str, list[str]] | None = None, settings_check: Any = None,
                  process_group: dist.ProcessGroup | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -69,6 +74,9 @@ class Checkpointer:
         self.faults = faults
         self.group = process_group
         self.last_saved_step: int | None = None
+        self.data_files = data_files
+        self.settings_check = settings_check  # f(saved config.json dict); raises ValueError to refuse
+        self._fingerprints: dict | None = None  # rank 0's, computed once (reads <= 8 MiB per file)
 
     # ---- saving -------------------------------------------------------------------------------
 
@@ -123,6 +131,8 @@ class Checkpointer:
                             "scheduler": _state_of(self.scheduler),
                             "loader": _state_of(self.loader)}, partial / TRAIN_STATE)
                 (partial / MODEL_CONFIG_JSON).write_text(json.dumps(self.model_config, indent=1, sort_keys=True))
+                if self.data_files is not None:
+                    (partial / DATA_FINGERPRINT_JSON).write_text(json.dumps(self._data_fingerprints(), indent=1))
                 if self.config is not None:
                     (partial / CONFIG_JSON).write_text(json.dumps(_jsonable(self.config), indent=1, sort_keys=True))
 
@@ -212,6 +222,8 @@ class Checkpointer:
             raise CheckpointError(f"{e}; to continue from the previous checkpoint, pass "
                                   f"--checkpoint.resume={older[-1]}") from None
         self._check_model_config(target)
+        _agree(lambda: self._check_data(target), self.group)
+        _agree(lambda: self._check_settings(target), self.group)
         self._load_sharded(target, with_optimizer=self.optimizer is not None)
         train = torch.load(target / TRAIN_STATE, weights_only=True)
         state.load_progress(self.progress, train["progress"])
@@ -263,6 +275,33 @@ class Checkpointer:
         if problems:
             raise CheckpointError(f"checkpoint {target} is damaged: " + "; ".join(problems))
 
+    def _check_settings(self, target: Path) -> None:
+        """Rank 0: hand the checkpoint's config.json to settings_check (a resume only)."""
+        if self.settings_check is None:
+            return
+        try:
+            saved = json.loads((target / CONFIG_JSON).read_text())
+        except FileNotFoundError:
+            return  # an older or hand-made checkpoint: nothing to compare
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {target}: {CONFIG_JSON} unreadable: {e}") from None
+        try:
+            self.settings_check(saved)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {target}: {e}") from None
+
+    def _data_fingerprints(self) -> dict:
+        if self._fingerprints is None:
+            self._fingerprints = fingerprint.data_fingerprints(self.data_files or {})
+        return self._fingerprints
+
+    def _check_data(self, target: Path) -> None:
+        """Rank 0: the data files against the checkpoint's fingerprints (refused or reported)."""
+        if self.data_files is not None:
+            fingerprint.check_resume(target / DATA_FINGERPRINT_JSON, self._data_fingerprints,
+                                     allow=getattr(self.cfg, "allow_data_change", False),
+                                     log=lambda msg: _log(0, msg))
+
     def _check_model_config(self, target: Path, saved: dict | None = None, *, strict: bool = True) -> None:
         """Resume (strict): any differing weight-relevant field is an error naming the fields.
         Warm start: differences are reported only; the tensor shapes decide (a fine-tune may
@@ -285,7 +324,9 @@ class Checkpointer:
         self._check_shapes(target, want["model"])
         try:
             with _quiet_single_process():
-                dcp.load(want, checkpoint_id=str(target), process_group=self.group, no_dist=not _distributed())
+                safe_metadata.load(want, target, process_group=self.group, no_dist=not _distributed())
+        except CheckpointError:
+            raise
         except Exception as e:  # DCP raises CheckpointException and friends with per-rank details
             raise CheckpointError(f"loading {target} failed: {e}") from e
         if with_optimizer:
@@ -295,7 +336,7 @@ class Checkpointer:
             set_model_state_dict(self.model, want["model"])
 
     def _check_shapes(self, target: Path, model_sd: dict[str, Any]) -> None:
-        meta = dcp.FileSystemReader(str(target)).read_metadata().state_dict_metadata
+        meta = read_metadata(target).state_dict_metadata  # the allow-list unpickler: no code runs
         found = {k[len("model."):]: tuple(v.size) for k, v in meta.items()
                  if k.startswith("model.") and hasattr(v, "size")}
         expected = {k: tuple(v.shape) for k, v in model_sd.items() if isinstance(v, torch.Tensor)}

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 
 from perfkit.atomic import atomic_output
-from perfkit.checkpoint import layout
+from perfkit.checkpoint import layout, safe_metadata
 from perfkit.checkpoint.layout import CheckpointError
+from perfkit.checkpoint.safe_metadata import read_metadata
 
 FORMAT = "perfkit-export-v1"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -35,7 +35,7 @@ _MODEL_PREFIX = "model."
 
 def read_model_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The full (unsharded) model tensors of a committed checkpoint, on the CPU."""
-    meta = dcp.FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    meta = read_metadata(checkpoint).state_dict_metadata  # the allow-list unpickler: no code runs
     empty = {k[len(_MODEL_PREFIX):]: torch.empty(tuple(v.size), dtype=v.properties.dtype)
              for k, v in meta.items() if k.startswith(_MODEL_PREFIX) and hasattr(v, "size")}
     if not empty:
@@ -43,7 +43,7 @@ def read_model_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
     wrapped = {"model": empty}
     with warnings.catch_warnings():  # DCP warns that no process group exists: that is the intent here
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(wrapped, checkpoint_id=str(checkpoint), no_dist=True)
+        safe_metadata.load(wrapped, checkpoint, no_dist=True)
     return wrapped["model"]
 
 

@@ -7,6 +7,7 @@
             train_state.pt        rank 0: progress, scheduler, loader (torch.load(weights_only=True))
             rng_rank00000.pt      one per rank: torch CPU/CUDA, python and numpy RNG states
             config.json           the resolved run config; model_config.json: the model section alone
+            data_fingerprint.json size and sampled SHA-256 of every data file (fingerprint.py)
             manifest.json         every file above with its size and CRC32
             COMPLETE              written last, holds the SHA-256 of manifest.json
         step_00000200.partial/    a save in progress (or one that was killed): never counts

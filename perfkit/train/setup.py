@@ -164,15 +164,17 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
     """Create the process group, build everything, train; always tears the group down."""
     from perfkit.checkpoint import Checkpointer
     from perfkit.metrics import MetricsLogger, peak_flops
-    from perfkit.train import loop, run_folder
+    from perfkit.train import loop, resume_settings, run_folder
     from perfkit.train.preemption import PreemptionGuard
 
     distributed.init(env, cfg.parallel)
+    lock = None  # the run folder's flock (rank 0), held until the run ends
     try:
         exp_id = cfg.run.experiment_id or run_folder.new_experiment_id(resolved)
         exp_id = distributed.broadcast_object(exp_id)  # rank 0's timestamp for everyone
         run_dir = Path(cfg.run.root) / exp_id
         resolved = {**resolved, "run": {**resolved["run"], "experiment_id": exp_id}}
+        lock = _lock_run_folder(env, run_dir)  # before anything reads or writes the folder
         precision = ("bf16 params / fp32 reduce" if env.device.type == "cuda" and cfg.parallel.mixed_precision == "bf16"
                      else "fp32" + (" (bf16 applies on CUDA only)" if cfg.parallel.mixed_precision == "bf16" else ""))
         if env.is_main:
@@ -188,8 +190,11 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
             parts.checkpointer = Checkpointer(
                 cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
                 loader=parts.loader, progress=parts.progress, model_config=cfg.model, config=resolved,
-                faults=parts.guard)
-            parts.checkpointer.restore()  # resume / warm start; mutates parts in place
+                faults=parts.guard, data_files={"$.data.train": cfg.data.train, "$.data.val": cfg.data.val},
+                settings_check=lambda saved: resume_settings.check(saved, resolved, _log_main))
+            if parts.checkpointer.restore() is not None and not cfg.checkpoint.warm_start:  # mutates parts
+                # the restored optimizer/scheduler carry the checkpoint's settings: the config wins
+                resume_settings.apply(parts.optimizer, parts.scheduler, cfg)
             # written only now: a refused resume (other model, damaged checkpoint) must leave the
             # run folder's config.json describing the checkpoints that are in it
             _write_run_folder(env, run_dir, resolved)
@@ -206,7 +211,36 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
         finally:
             parts.loader.close()
     finally:
+        if lock is not None:
+            lock.release()
         distributed.shutdown()
+
+
+def _log_main(message: str) -> None:  # called on rank 0 only
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def _lock_run_folder(env: Env, run_dir: Path):
+    """Rank 0 takes the run folder's flock (run_folder.RunLock); every rank gets the outcome, so a
+    refused run stops all its ranks with the same line and none waits in a collective."""
+    from perfkit.train import run_folder
+
+    lock, problem = None, None
+    if env.is_main:
+        try:
+            lock = run_folder.RunLock(run_dir).acquire()
+            if lock.warning:
+                print(f"perfkit train: {lock.warning}", flush=True)
+        except run_folder.RunFolderBusy as e:
+            problem = str(e)
+        except OSError as e:
+            problem = f"cannot lock the run folder {run_dir}: {e.strerror or e}"
+    problem = distributed.broadcast_object(problem)
+    if problem:
+        raise ValueError(problem)
+    return lock
 
 
 def _write_run_folder(env: Env, run_dir: Path, resolved: dict) -> None:
