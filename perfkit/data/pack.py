@@ -128,11 +128,12 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
         chunk = min(MAX_CHUNK, max(MIN_CHUNK, size // (workers * CHUNKS_PER_WORKER) + 1))
     if settings["index"]:
         from perfkit.data.rawindex import read_raw_index
-        offsets, lengths = read_raw_index(settings["index"], src_size=size)
-        tasks = plan_index_chunks(offsets, lengths, chunk)
+        index = read_raw_index(settings["index"], src_size=size)   # (offsets, lengths)
+        tasks = plan_index_chunks(index[1], chunk)
     else:
-        tasks = plan_byte_chunks(size, chunk)
+        index, tasks = None, plan_byte_chunks(size, chunk)
 
+    # The temporary output is created and removed here only; run_pack renames it when complete.
     with output_folder(dst):
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
         try:
@@ -144,8 +145,8 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
                       key_path=key_path, eod_id=eod_id, token_width=width,
                       stop_at_first_bad=settings["on_bad_line"] == "error")
         try:
-            stats = run_pack(job, tasks, dst, tok, workers, src_label=str(src),
-                             index_mode=bool(settings["index"]), progress=progress)
+            stats = run_pack(job, tasks, dst, tok, workers, src_label=str(src), index=index,
+                             progress=progress)
         finally:
             tmp.unlink(missing_ok=True)
     stats.tokenizer_label, stats.token_width, stats.eod_id = tok.label, width, eod_id
@@ -169,6 +170,7 @@ def _raise_terminated(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # From here on SIGTERM unwinds like Ctrl-C: workers stopped, temporary file removed.
+    # (The only SIGTERM handler of pack: the pipeline installs none of its own.)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         settings = _settings(args)

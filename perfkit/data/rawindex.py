@@ -23,7 +23,7 @@ import numpy as np
 
 from perfkit.atomic import write_atomic
 from perfkit.data.cli_paths import check_input_file, check_output_path, output_folder
-from perfkit.data.jsonl import BadLineError, TextExtractor, extract_texts, parse_text_key, read_line_chunk
+from perfkit.data.jsonl import BadLineReport, TextExtractor, extract_texts, parse_text_key, read_line_chunk
 from perfkit.data.pack_index_pickle import IndexPickleError, iter_index_pickle, parse_index_pickle
 
 CHUNK_BYTES = 1 << 20
@@ -81,7 +81,8 @@ def build_raw_index(src: Path, key_path: tuple[str, ...], workers: int, on_bad_l
     tasks = iter([(s, min(s + CHUNK_BYTES, size)) for s in range(0, size, CHUNK_BYTES)])
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     workers = max(1, min(workers, -(-size // CHUNK_BYTES) or 1))
-    offsets, lengths, lines_before, examples = [], [], 0, 0
+    offsets, lengths, lines_before = [], [], 0
+    report = BadLineReport(on_bad_line == "error", skipped)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
                              initargs=(str(src), size, key_path, on_bad_line == "error")) as pool:
         pending = deque(pool.submit(_index_chunk, t) for t in itertools.islice(tasks, 2 * workers))
@@ -90,13 +91,7 @@ def build_raw_index(src: Path, key_path: tuple[str, ...], workers: int, on_bad_l
                 off, ln, n_lines, bad = pending.popleft().result()  # in file order
                 pending.extend(pool.submit(_index_chunk, t) for t in itertools.islice(tasks, 1))
                 for i, reason in bad:
-                    where = f"{src}:{lines_before + i + 1}"
-                    if on_bad_line == "error":
-                        raise BadLineError(f"{where}: {reason}")
-                    skipped[reason] = skipped.get(reason, 0) + 1
-                    if examples < 10:
-                        print(f"warning: {where}: {reason} (skipped)", file=sys.stderr)
-                        examples += 1
+                    report.add(f"{src}:{lines_before + i + 1}", reason)
                 offsets.append(off)
                 lengths.append(ln)
                 lines_before += n_lines
