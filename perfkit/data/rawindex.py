@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", dest="dst", help="the .idx to write (default: SRC with .idx)")
     p.add_argument("--text-key", default="text", help="key or dotted path of the text field to validate")
     p.add_argument("--on-bad-line", choices=("error", "skip"), default="error")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: usable CPUs)")
+    p.add_argument("--workers", type=int, default=None, help="processes, at most the usable CPUs (default: all)")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     args = p.parse_args(argv)
     src = Path(args.src)
@@ -130,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_input_file(src)
         # `is None`, not `or`: --workers 0 is an error, as in pack, not the default.
-        from perfkit.data.pack import default_workers
+        from perfkit.data.pack import capped_workers, default_workers
         workers = default_workers() if args.workers is None else args.workers
         if workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
+        workers = capped_workers(workers, "index")
         key_path = parse_text_key(args.text_key)
         # Built here first: a failing pool initializer would be restarted forever (a hang).
         TextExtractor(key_path)
