@@ -97,7 +97,7 @@ def _settings(args) -> dict:
         "dst": pick(args.dst, "dst_path"),
         "index": pick(args.index, "index_path"),
         "workers": default_workers() if workers is None else workers,
-        "workers_from_flag": args.workers is not None or s is None,
+        "workers_key": "settings.num_cpus" if args.workers is None and s is not None else "--workers",
         "eod": DEFAULT_EOD if eod is None else eod,
         "on_bad_line": pick(args.on_bad_line, "on_bad_line") or "error",
         "token_width": pick(args.token_width, "token_width"),
@@ -133,8 +133,7 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
     width = settings["token_width"] or tok.token_width
 
     size = src.stat().st_size
-    workers = capped_workers(settings["workers"], "pack",
-                             "--workers" if settings.get("workers_from_flag", True) else "settings.num_cpus")
+    workers = capped_workers(settings["workers"], "pack", settings.get("workers_key", "--workers"))
     if chunk_mb:
         chunk = max(1, int(chunk_mb * (1 << 20)))
     else:
