@@ -11,7 +11,7 @@ Reading rules (perfkit.metrics writes one JSON object per line, `kind` "train" o
   a warning;
 - a resumed run appends to the same file, so a step can appear twice: the later record wins.
 
-matplotlib is an optional dependency (`pip install 'perfkit[plot]'`), imported only here and
+matplotlib is an optional dependency (the `[plot]` extra), imported only here and
 only when a picture is drawn, with the non-interactive Agg canvas (no display needed).
 """
 
@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
-INSTALL_HINT = "pip install 'perfkit[plot]'"
+
+
+def install_hint() -> str:
+    """A command that works where perfkit runs: perfkit is installed from a checkout, not PyPI, so
+    `pip install 'perfkit[plot]'` fails; this interpreter's pip installs matplotlib itself."""
+    return f"install it with: {sys.executable} -m pip install 'matplotlib>=3.7'"
 
 
 class MetricsError(ValueError):
@@ -254,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perfkit plot: {e}", file=sys.stderr)
         return 1
     except ImportError:
-        print(f"perfkit plot: matplotlib is not installed; {INSTALL_HINT}", file=sys.stderr)
+        print(f"perfkit plot: matplotlib is not installed; {install_hint()}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as e:  # unwritable path, unknown image suffix
         print(f"perfkit plot: cannot write {args.output}: {e}", file=sys.stderr)

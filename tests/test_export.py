@@ -121,3 +121,58 @@ def test_warm_start_from_export_and_shape_mismatch(tmp_path):
                         model=GPT(wider), optimizer=None, progress=progress, model_config=wider)
     with pytest.raises(CheckpointError, match=r"tok_emb.weight: checkpoint shape \(128, 32\), model shape \(128, 48\)"):
         ckpt.restore()
+
+
+def test_export_refuses_an_output_inside_its_checkpoint(tmp_path, capsys):
+    # `export RUN -o RUN/checkpoints/step_N/__0_0.distcp --force` replaced its own input
+    _, ckpt = _trained_checkpoint(tmp_path / "run")
+    shard = next(ckpt.glob("*.distcp"))
+    before = {f.name: f.read_bytes() for f in ckpt.iterdir() if f.is_file()}
+    (tmp_path / "link").symlink_to(ckpt, target_is_directory=True)
+    (tmp_path / "shard.pt").symlink_to(shard)
+    for out in (shard, ckpt / "model.pt", tmp_path / "link" / "model.pt", tmp_path / "shard.pt"):
+        assert cli(["export", str(tmp_path / "run"), "-o", str(out), "--force"]) == 1
+        assert "is inside the checkpoint it exports" in capsys.readouterr().err
+        with pytest.raises(CheckpointError, match="inside the checkpoint"):
+            export_checkpoint(ckpt, out)
+    assert {f.name: f.read_bytes() for f in ckpt.iterdir() if f.is_file()} == before
+    assert cli(["export", str(tmp_path / "run"), "-o", str(tmp_path / "run" / "model.pt")]) == 0  # beside it: fine
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "nan"], "--temperature must be a finite number > 0, got nan"),
+    (["--temperature", "inf"], "--temperature must be a finite number > 0, got inf"),
+    (["--temperature", "0"], "--temperature must be a finite number > 0, got 0.0"),
+    (["--device", "gpu0"], "--device gpu0: not a device name"),
+])
+def test_generate_refuses_bad_sampling_and_device_flags(tmp_path, capsys, args, message):
+    # checked before any model is read (tmp_path holds none): a one-line error, a non-zero exit
+    try:
+        code = cli(["generate", str(tmp_path), "--prompt", "hi", "--top-k", "3", *args])
+    except SystemExit as e:  # argparse's usage error
+        code = e.code
+    assert code != 0
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the message a machine without CUDA gives")
+def test_generate_on_cuda_without_cuda_says_so(tmp_path, capsys):
+    _trained_checkpoint(tmp_path / "run")
+    assert cli(["generate", str(tmp_path / "run"), "--prompt", "hi", "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "--device cuda: CUDA is not available here" in err and "Traceback" not in err
+
+
+def test_generate_names_a_junk_file_plainly(tmp_path, capsys):
+    # torch.load's own error for these bytes is a bare KeyError: "... export: 101"
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"hello world, not torch")
+    assert cli(["generate", str(junk), "--prompt", "hi", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"perfkit generate: {junk} is not a readable perfkit export: not a torch.save file " \
+                  "(it starts with neither a zip nor a pickle header)"
+    _, ckpt = _trained_checkpoint(tmp_path / "run")
+    export_checkpoint(ckpt, tmp_path / "m.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "m.pt").read_bytes()[:2000])  # a torn download
+    with pytest.raises(CheckpointError, match=r"cut.pt is not a readable perfkit export: \w+(Error|Exception)"):
+        load_export(tmp_path / "cut.pt")

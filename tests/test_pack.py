@@ -168,3 +168,30 @@ def test_spawned_workers_resolve_their_own_tokenizer(write_jsonl, tmp_path, monk
     dst = tmp_path / "spawn.pbin"
     assert run_pack(src, dst, "--workers", "2", "--chunk-mb", "0.01") == 0
     assert dst.read_bytes() == reference_pbin(src)
+
+
+def test_workers_beyond_the_usable_cpus_are_capped_with_a_note(write_jsonl, tmp_path, capsys, monkeypatch):
+    # 64 processes on 2 cores ran 3-6x slower, silently: now at most the usable CPUs, said in one line.
+    from perfkit.data import rawindex
+    monkeypatch.setattr(pack, "default_workers", lambda: 2)
+    started = []
+    real_run, real_index = pack.run_pack, rawindex.build_raw_index
+    monkeypatch.setattr(pack, "run_pack", lambda job, tasks, dst, tok, workers, **kw:
+                        started.append(("pack", workers)) or real_run(job, tasks, dst, tok, workers, **kw))
+    monkeypatch.setattr(rawindex, "build_raw_index", lambda src, key, workers, *a:
+                        started.append(("index", workers)) or real_index(src, key, workers, *a))
+    src = write_jsonl(TRICKY * 20)
+    dst = tmp_path / "capped.pbin"
+    assert run_pack(src, dst, "--workers", "64", "--chunk-mb", "0.001") == 0
+    assert dst.read_bytes() == reference_pbin(src)
+    assert "perfkit pack: --workers 64 capped at the 2 usable CPUs" in capsys.readouterr().err
+    assert rawindex.main([str(src), "-o", str(tmp_path / "c.idx"), "--workers", "9"]) == 0
+    assert "perfkit index: --workers 9 capped at the 2 usable CPUs" in capsys.readouterr().err
+    cfg = tmp_path / "tok.toml"
+    cfg.write_text(f'[settings]\nsrc_path = "{src}"\ndst_path = "{tmp_path / "cfg.pbin"}"\nnum_cpus = 5\n'
+                   '[tokenizer]\nname = "gpt2"\n')
+    assert pack.main(["--config", str(cfg), "--no-progress"]) == 0
+    assert "settings.num_cpus 5 capped at the 2 usable CPUs" in capsys.readouterr().err
+    assert run_pack(src, tmp_path / "two.pbin", "--workers", "2") == 0      # at the limit: no note
+    assert "capped" not in capsys.readouterr().err
+    assert started == [("pack", 2), ("index", 2), ("pack", 2), ("pack", 2)]

@@ -47,11 +47,22 @@ def read_model_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
     return wrapped["model"]
 
 
+def refuse_output_inside(checkpoint: Path, out: str | os.PathLike) -> None:
+    """CheckpointError if `out` lies inside the checkpoint being read, symbolic links resolved (a
+    linked folder or a link to one of its files counts). `--force` does not allow it: the export
+    would replace its own input."""
+    real_ckpt, real_out = checkpoint.resolve(), Path(out).resolve()
+    if real_out == real_ckpt or real_ckpt in real_out.parents:
+        raise CheckpointError(f"-o {out} is inside the checkpoint it exports ({checkpoint}); "
+                              "write the export outside it")
+
+
 def export_checkpoint(source: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16") -> Path:
     """Write `out` from a checkpoint folder or a run folder (its newest complete checkpoint)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     checkpoint = layout.resolve_checkpoint(source)
+    refuse_output_inside(checkpoint, out)
     problems = layout.verify(checkpoint)
     if problems:
         raise CheckpointError(f"checkpoint {checkpoint} is damaged: " + "; ".join(problems))
@@ -67,6 +78,13 @@ def export_checkpoint(source: str | os.PathLike, out: str | os.PathLike, dtype: 
     return out
 
 
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive (since torch 1.6) or, in the legacy format, a pickle."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def load_export(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read an export file (weights_only: no code runs) and check it is one."""
     try:
@@ -78,8 +96,10 @@ def load_export(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str,
             why = "not a torch.save file, or it holds objects that a safe (weights-only) load refuses"
         elif Path(path).is_file() and Path(path).stat().st_size == 0:
             why = "the file is empty"
-        else:
-            why = (str(e).strip().splitlines() or [""])[0] or type(e).__name__
+        elif Path(path).is_file() and not _looks_like_torch_save(Path(path)):
+            why = "not a torch.save file (it starts with neither a zip nor a pickle header)"
+        else:  # the type too: a bare KeyError's text is just a number ("174812789")
+            why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}".rstrip(": ")
         raise CheckpointError(f"{path} is not a readable perfkit export: {why}") from e
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a perfkit export (no format={FORMAT!r} entry)")

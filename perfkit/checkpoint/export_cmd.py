@@ -21,8 +21,8 @@ def main(argv: list[str]) -> int:
 
     from pathlib import Path
 
-    from perfkit.checkpoint.export import export_checkpoint
-    from perfkit.checkpoint.layout import CheckpointError
+    from perfkit.checkpoint.export import export_checkpoint, refuse_output_inside
+    from perfkit.checkpoint.layout import CheckpointError, resolve_checkpoint
 
     # checked before the checkpoint is read (minutes for a large model), named in plain words
     out = Path(args.output)
@@ -31,6 +31,11 @@ def main(argv: list[str]) -> int:
         parser.error(f"-o {out} is a folder; name the file to write, e.g. {out / 'model.pt'}")
     if parent is not None and not parent.is_dir():
         parser.error(f"-o {out}: {parent} is a file, not a folder")
+    try:  # before --force, as pack refuses an output that is one of its inputs
+        refuse_output_inside(resolve_checkpoint(args.source), out)
+    except CheckpointError as e:
+        print(f"perfkit export: {e}", file=sys.stderr)
+        return 1
     if out.exists() and not args.force:  # as pack and index: an existing file is replaced only on request
         parser.error(f"-o {out} exists; pass --force to replace it")
     try:

@@ -8,6 +8,7 @@ cache) and crops the context to the model's sequence_length.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -39,6 +40,20 @@ def generate(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int,
     return out
 
 
+def _device_problem(name: str) -> str | None:
+    """Why `name` cannot run the model here, or None."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        return f"not a device name ({(str(e).splitlines() or [''])[0]}); use cpu or cuda"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available here (no GPU visible, or a CPU-only torch); use --device cpu"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"there are only {torch.cuda.device_count()} CUDA devices (cuda:0..)"
+    return None
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="perfkit generate", description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,8 +66,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tokenizer", default="r50k_base", help="tiktoken encoding (GPT-2: r50k_base)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 0 or args.top_k < 0 or args.temperature <= 0:
-        parser.error("--max-new-tokens and --top-k must be >= 0, --temperature > 0")
+    if args.max_new_tokens < 0 or args.top_k < 0:
+        parser.error("--max-new-tokens and --top-k must be >= 0")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):  # `> 0` alone lets nan through
+        parser.error(f"--temperature must be a finite number > 0, got {args.temperature}")
+    problem = _device_problem(args.device)
+    if problem:  # before the model is read: a wrong device fails in a second
+        print(f"perfkit generate: --device {args.device}: {problem}", file=sys.stderr)
+        return 1
 
     import tiktoken
 

@@ -14,6 +14,7 @@ array let a line split in two plus a line holding two objects decode as the righ
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import msgspec
@@ -36,6 +37,25 @@ READ_AHEAD = 1 << 20  # bytes read at a time to finish a chunk's last line
 
 class BadLineError(ValueError):
     """A bad line under --on-bad-line error: `path:line: reason`."""
+
+
+class BadLineReport:
+    """The one place pack and index act on a bad line: raise under --on-bad-line error, else count
+    it per reason and print the first MAX_EXAMPLES as warnings on stderr."""
+
+    MAX_EXAMPLES = 10
+
+    def __init__(self, stop_at_first_bad: bool, skipped: dict[str, int]):
+        self.stop, self.skipped, self.examples = stop_at_first_bad, skipped, 0
+
+    def add(self, where: str, reason: str) -> None:
+        """where: `path:line` or `path: index entry N (byte offset B)`."""
+        if self.stop:
+            raise BadLineError(f"{where}: {reason}")
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if self.examples < self.MAX_EXAMPLES:
+            print(f"warning: {where}: {reason} (skipped)", file=sys.stderr)
+            self.examples += 1
 
 
 def parse_text_key(key: str, what: str = "--text-key") -> tuple[str, ...]:

@@ -40,6 +40,16 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def capped_workers(requested: int, command: str, flag: str = "--workers") -> int:
+    """At most the usable CPUs (sched_getaffinity): more processes than CPUs only share them and
+    ran 3-6x slower (64 on 2 cores). Says so in one line on stderr when it caps."""
+    usable = default_workers()
+    if requested <= usable:
+        return requested
+    print(f"perfkit {command}: {flag} {requested} capped at the {usable} usable CPUs", file=sys.stderr)
+    return usable
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="perfkit pack", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-pattern", help="local .tiktoken only: split regex, or an encoding name whose pattern to use")
     p.add_argument("--special-token", action="append", metavar="TOKEN=ID",
                    help="local .tiktoken only: a special token (repeatable)")
-    p.add_argument("--workers", type=int, help=f"worker processes (default: usable CPUs, here {default_workers()})")
+    p.add_argument("--workers", type=int,
+                   help=f"worker processes, at most the usable CPUs (default: all of them, here {default_workers()})")
     p.add_argument("--text-key", help="key or dotted path of the text field (default: text; '.text' works too)")
     p.add_argument("--index", help="a raw index (.idx, from `perfkit index`) naming the lines to pack")
     p.add_argument("--eod-token", help=f"token appended to every document (default: {DEFAULT_EOD})")
@@ -86,6 +97,7 @@ def _settings(args) -> dict:
         "dst": pick(args.dst, "dst_path"),
         "index": pick(args.index, "index_path"),
         "workers": default_workers() if workers is None else workers,
+        "workers_key": "settings.num_cpus" if args.workers is None and s is not None else "--workers",
         "eod": DEFAULT_EOD if eod is None else eod,
         "on_bad_line": pick(args.on_bad_line, "on_bad_line") or "error",
         "token_width": pick(args.token_width, "token_width"),
@@ -121,18 +133,19 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
     width = settings["token_width"] or tok.token_width
 
     size = src.stat().st_size
-    workers = settings["workers"]
+    workers = capped_workers(settings["workers"], "pack", settings.get("workers_key", "--workers"))
     if chunk_mb:
         chunk = max(1, int(chunk_mb * (1 << 20)))
     else:
         chunk = min(MAX_CHUNK, max(MIN_CHUNK, size // (workers * CHUNKS_PER_WORKER) + 1))
     if settings["index"]:
         from perfkit.data.rawindex import read_raw_index
-        offsets, lengths = read_raw_index(settings["index"], src_size=size)
-        tasks = plan_index_chunks(offsets, lengths, chunk)
+        index = read_raw_index(settings["index"], src_size=size)   # (offsets, lengths)
+        tasks = plan_index_chunks(index[1], chunk)
     else:
-        tasks = plan_byte_chunks(size, chunk)
+        index, tasks = None, plan_byte_chunks(size, chunk)
 
+    # The temporary output is created and removed here only; run_pack renames it when complete.
     with output_folder(dst):
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
         try:
@@ -144,8 +157,8 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
                       key_path=key_path, eod_id=eod_id, token_width=width,
                       stop_at_first_bad=settings["on_bad_line"] == "error")
         try:
-            stats = run_pack(job, tasks, dst, tok, workers, src_label=str(src),
-                             index_mode=bool(settings["index"]), progress=progress)
+            stats = run_pack(job, tasks, dst, tok, workers, src_label=str(src), index=index,
+                             progress=progress)
         finally:
             tmp.unlink(missing_ok=True)
     stats.tokenizer_label, stats.token_width, stats.eod_id = tok.label, width, eod_id
@@ -169,6 +182,7 @@ def _raise_terminated(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # From here on SIGTERM unwinds like Ctrl-C: workers stopped, temporary file removed.
+    # (The only SIGTERM handler of pack: the pipeline installs none of its own.)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         settings = _settings(args)

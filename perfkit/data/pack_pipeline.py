@@ -1,13 +1,13 @@
 """The parallel pack pipeline: plan chunks, drive the workers, assign offsets in order, finish the file.
 
-Flow per chunk (see pack_worker.py for the wire protocol):
-    main: ("lines", cid, start, end) -> worker reads + tokenizes, keeps the tokens
-    worker: ("counted", cid, sizes)  -> main, in chunk order, gives it the next data offset
-    main: ("write", cid, offset)     -> worker pwrite()s into the temporary .pbin
+Flow per chunk (the messages are in pack_messages.py, which also says why they cannot deadlock):
+    main: ReadLines / ReadEntries  -> worker reads + tokenizes, keeps the tokens
+    worker: Counted                -> main, in chunk order, gives it the next data offset
+    main: WriteTokens              -> worker pwrite()s into the temporary .pbin, answers Written
 Memory is bounded by MAX_OUTSTANDING chunks per worker (assigned and not yet written), whatever
 the corpus size; the main process keeps only per-document token counts (8 bytes per document)
-for the index it writes at the end. The temporary file is fsynced and renamed only when complete;
-any failure, Ctrl-C or SIGTERM stops the workers and removes it.
+for the index it writes at the end. The temporary file (created and removed by pack.py) is
+fsynced and renamed only when complete; any failure or Ctrl-C stops the workers.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from perfkit.atomic import fsync_dir
-from perfkit.data.jsonl import BadLineError
-from perfkit.data.pack_worker import ChunkResult, PackJob, pwrite_all, worker_main
+from perfkit.data.jsonl import BadLineReport
+from perfkit.data.pack_messages import (Counted, Failed, ReadEntries, ReadLines, Stop, Task, WriteTokens,
+                                        Written)
+from perfkit.data.pack_worker import PackJob, pwrite_all, worker_main
 from perfkit.data.pbin import HEADER_SIZE, encode_header, iter_index_pickle
 
 MAX_OUTSTANDING = 3          # chunks per worker: one being tokenized, one queued, one awaiting its offset
@@ -57,19 +59,21 @@ class PackStats:
     eod_id: int = -1
 
 
-def plan_byte_chunks(size: int, chunk_bytes: int) -> list[tuple[str, int, int]]:
-    return [("lines", s, min(s + chunk_bytes, size)) for s in range(0, size, chunk_bytes)]
+def plan_byte_chunks(size: int, chunk_bytes: int) -> list[ReadLines]:
+    return [ReadLines(cid, s, min(s + chunk_bytes, size))
+            for cid, s in enumerate(range(0, size, chunk_bytes))]
 
 
-def plan_index_chunks(offsets: np.ndarray, lengths: np.ndarray, chunk_bytes: int) -> list[tuple]:
+def plan_index_chunks(lengths: np.ndarray, chunk_bytes: int) -> list[ReadEntries]:
     """Consecutive raw-index entries grouped to about chunk_bytes of JSONL each."""
-    if offsets.size == 0:
+    if lengths.size == 0:
         return []
     covered = np.cumsum(lengths + 1)  # JSONL bytes up to and including each entry
     targets = np.arange(chunk_bytes, int(covered[-1]) + chunk_bytes, chunk_bytes)
-    cuts = np.minimum(np.searchsorted(covered, targets) + 1, offsets.size)
-    bounds = np.unique(np.concatenate([[0], cuts, [offsets.size]]))
-    return [("entries", offsets[a:b], lengths[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    cuts = np.minimum(np.searchsorted(covered, targets) + 1, lengths.size)
+    bounds = np.unique(np.concatenate([[0], cuts, [lengths.size]]))
+    pairs = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [ReadEntries(cid, a, b) for cid, (a, b) in enumerate(pairs)]
 
 
 class _Progress:
@@ -103,34 +107,32 @@ def _mp_context():
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def run_pack(job: PackJob, tasks: list[tuple], dst: Path, tokenizer, workers: int, *,
-             src_label: str, index_mode: bool, progress: bool = True) -> PackStats:
-    """Tokenize `tasks` with `workers` processes into job.tmp_dst, then rename it to dst."""
+def run_pack(job: PackJob, tasks: list[Task], dst: Path, tokenizer, workers: int, *, src_label: str,
+             index: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True) -> PackStats:
+    """Tokenize `tasks` with `workers` processes into job.tmp_dst, then rename it to dst.
+
+    index: the raw index's (offsets, lengths) when the tasks are ReadEntries (--index); forked
+    workers share it, spawned ones get a copy."""
     stats = PackStats()
     t0 = time.monotonic()
     ctx = _mp_context()
     workers = max(1, min(workers, len(tasks) or 1))
     procs, conns = [], []
-    prev_term = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum, frame):
-        raise PackAborted(143, "terminated (SIGTERM)")
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    meter = _Progress(sum(_task_bytes(t) for t in tasks), progress)
+    total = int(index[1].sum()) if index is not None else sum(t.end - t.start for t in tasks)
+    meter = _Progress(total, progress)
     try:
         for _ in range(workers):
             parent, child = ctx.Pipe(duplex=True)
             inherited = tokenizer if ctx.get_start_method() == "fork" else None
-            p = ctx.Process(target=worker_main, args=(child, job, inherited), daemon=True,
+            p = ctx.Process(target=worker_main, args=(child, job, inherited, index), daemon=True,
                             name="perfkit-pack-worker")
             p.start()
             child.close()
             procs.append(p)
             conns.append(parent)
-        doc_tokens = _drive(job, tasks, procs, conns, stats, meter, src_label, index_mode, str(dst))
+        doc_tokens = _drive(job, tasks, procs, conns, stats, meter, src_label, index, str(dst))
         for c in conns:
-            c.send(("stop",))
+            c.send(Stop())
         for p in procs:
             p.join(timeout=30)
         try:
@@ -147,85 +149,69 @@ def run_pack(job: PackJob, tasks: list[tuple], dst: Path, tokenizer, workers: in
     except KeyboardInterrupt:
         raise PackAborted(130, "interrupted (Ctrl-C)") from None
     finally:
-        signal.signal(signal.SIGTERM, prev_term)
         _stop_workers(procs)
         for c in conns:
             c.close()
-        Path(job.tmp_dst).unlink(missing_ok=True)
 
 
-def _task_bytes(task: tuple) -> int:
-    return task[2] - task[1] if task[0] == "lines" else int(task[2].sum())
+def _worker_died(p) -> PackFailed:
+    p.join(timeout=1)
+    return PackFailed(f"pack worker {p.pid} died ({_describe_exit(p.exitcode)}); nothing was written")
 
 
-def _drive(job: PackJob, tasks, procs, conns, stats: PackStats, meter: _Progress, src_label: str,
-           index_mode: bool, dst_label: str) -> list[np.ndarray]:
+def _drive(job: PackJob, tasks: list[Task], procs, conns, stats: PackStats, meter: _Progress, src_label: str,
+           index: tuple[np.ndarray, np.ndarray] | None, dst_label: str) -> list[np.ndarray]:
     """The main loop: dispatch, collect counts in order, hand out offsets. Returns the per-chunk
     (num_docs,) token counts in input order."""
     n_workers = len(procs)
     owner: dict[int, int] = {}                 # chunk id -> worker index
     outstanding = [set() for _ in range(n_workers)]
-    counted: dict[int, ChunkResult] = {}       # arrived out of order, waiting for their turn
+    counted: dict[int, Counted] = {}           # arrived out of order, waiting for their turn
     doc_tokens: list[np.ndarray] = []
     next_task = next_in_order = written = 0
     data_offset = 0
-    examples = 0
-    stop_on_bad = job.stop_at_first_bad
+    report = BadLineReport(job.stop_at_first_bad, stats.skipped)
     sentinel_of = {p.sentinel: i for i, p in enumerate(procs)}
     conn_of = {id(c): i for i, c in enumerate(conns)}
 
-    def send(w: int, msg: tuple) -> None:
+    def send(w: int, msg) -> None:
         try:
             conns[w].send(msg)
         except OSError:  # broken pipe: the worker is gone
-            procs[w].join(timeout=1)
-            raise PackFailed(f"pack worker {procs[w].pid} died ({_describe_exit(procs[w].exitcode)}); "
-                             "nothing was written") from None
+            raise _worker_died(procs[w]) from None
 
     while written < len(tasks):
         for w in range(n_workers):  # keep every worker busy, within its memory bound
             while next_task < len(tasks) and len(outstanding[w]) < MAX_OUTSTANDING:
-                kind, a, b = tasks[next_task]
-                send(w, (kind, next_task, a, b))
+                send(w, tasks[next_task])
                 owner[next_task] = w
                 outstanding[w].add(next_task)
                 next_task += 1
         ready = wait(conns + list(sentinel_of), timeout=PROGRESS_EVERY_S)
         for obj in ready:
             if obj in sentinel_of:
-                p = procs[sentinel_of[obj]]
-                p.join(timeout=1)
-                raise PackFailed(f"pack worker {p.pid} died ({_describe_exit(p.exitcode)}); "
-                                 "nothing was written")
+                raise _worker_died(procs[sentinel_of[obj]])
             w = conn_of[id(obj)]
             try:
                 msg = obj.recv()
             except (EOFError, OSError):
-                p = procs[w]
-                p.join(timeout=1)
-                raise PackFailed(f"pack worker {p.pid} died ({_describe_exit(p.exitcode)}); "
-                                 "nothing was written") from None
-            if msg[0] == "failed":
-                if msg[3]:  # pwrite into the output failed: the problem is DST's disk, not SRC
-                    raise PackFailed(f"{dst_label}: cannot write the output: {msg[2]}; nothing was written")
-                raise PackFailed(f"{src_label}: pack worker failed on chunk {msg[1]}: {msg[2]}")
-            if msg[0] == "written":
-                outstanding[w].discard(msg[1])
+                raise _worker_died(procs[w]) from None
+            if isinstance(msg, Failed):
+                if msg.output_write:  # pwrite into the output failed: the problem is DST's disk, not SRC
+                    raise PackFailed(f"{dst_label}: cannot write the output: {msg.detail}; nothing was written")
+                raise PackFailed(f"{src_label}: pack worker failed on chunk {msg.cid}: {msg.detail}")
+            if isinstance(msg, Written):
+                outstanding[w].discard(msg.cid)
                 written += 1
                 continue
-            counted[msg[1]] = msg[2]
+            counted[msg.cid] = msg
             while next_in_order in counted:  # offsets are handed out strictly in input order
                 res = counted.pop(next_in_order)
                 for line_idx, reason in res.bad:
-                    where = _where(src_label, index_mode, stats.lines + line_idx, tasks[next_in_order], line_idx)
-                    if stop_on_bad:
-                        raise BadLineError(f"{where}: {reason}")
-                    stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
-                    if examples < 10:
-                        print(f"warning: {where}: {reason} (skipped)", file=sys.stderr)
-                        examples += 1
+                    report.add(_where(src_label, index, stats.lines + line_idx, tasks[next_in_order], line_idx),
+                               reason)
                 n_tok = int(res.doc_tokens.sum())
-                send(owner[next_in_order], ("write", next_in_order, data_offset))
+                send(owner[next_in_order], WriteTokens(next_in_order, data_offset))
                 data_offset += n_tok * job.token_width
                 doc_tokens.append(res.doc_tokens)
                 stats.documents += int(res.doc_tokens.shape[0])
@@ -237,9 +223,9 @@ def _drive(job: PackJob, tasks, procs, conns, stats: PackStats, meter: _Progress
     return doc_tokens
 
 
-def _where(src_label: str, index_mode: bool, global_line0: int, task: tuple, line_idx: int) -> str:
-    if index_mode:
-        off = int(task[1][line_idx])
+def _where(src_label: str, index, global_line0: int, task: Task, line_idx: int) -> str:
+    if index is not None:
+        off = int(index[0][task.first + line_idx])
         return f"{src_label}: index entry {global_line0 + 1} (byte offset {off})"
     return f"{src_label}:{global_line0 + 1}"
 

@@ -1,15 +1,8 @@
 """The pack worker process: read a chunk of the JSONL itself, tokenize it, write it in place.
 
-Protocol over one duplex pipe per worker (messages are small tuples; tokens never cross a pipe):
-    main -> worker  ("lines", cid, start, end)         byte range of the JSONL: tokenize it
-                    ("entries", cid, offsets, lengths)  raw-index entries (--index): tokenize them
-                    ("write", cid, data_offset)        tokens of chunk cid go to this data-segment offset
-                    ("stop",)
-    worker -> main  ("counted", cid, ChunkResult)     tokens held until the offset arrives
-                    ("written", cid)
-                    ("failed", cid, traceback text)
-The main process learns the chunk's size first, assigns offsets in input order, and each worker
-pwrite()s its own tokens into the shared temporary output file: no single reader or writer.
+The messages it exchanges with the main process are in pack_messages.py (tokens never cross a
+pipe). The main process learns the chunk's size first, assigns offsets in input order, and each
+worker pwrite()s its own tokens into the shared temporary output file: no single reader or writer.
 """
 
 from __future__ import annotations
@@ -22,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from perfkit.data.jsonl import LineChunk, TextExtractor, extract_texts, read_line_chunk
+from perfkit.data.pack_messages import Counted, Failed, ReadLines, Stop, WriteTokens, Written
 from perfkit.data.pbin import HEADER_SIZE, token_dtype
 from perfkit.data.tokenizer import TokenizerSpec, resolve_tokenizer
 
@@ -38,14 +32,6 @@ class PackJob:
     eod_id: int
     token_width: int
     stop_at_first_bad: bool
-
-
-@dataclass
-class ChunkResult:
-    num_lines: int                 # lines (or index entries) the chunk covered
-    num_bytes: int                 # JSONL bytes it covered (progress)
-    doc_tokens: np.ndarray         # (num_docs,) int64 tokens per document, EOD included
-    bad: list[tuple[int, str]]     # (line index within the chunk, reason), in order
 
 
 class TokenOverflowError(ValueError):
@@ -113,8 +99,9 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
-def worker_main(conn, job: PackJob, tokenizer=None) -> None:
-    """Worker loop. `tokenizer` is inherited when forked; spawned workers resolve their own."""
+def worker_main(conn, job: PackJob, tokenizer=None, index: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Worker loop. `tokenizer` is inherited when forked (spawned workers resolve their own);
+    `index` is the raw index's (offsets, lengths) under --index (ReadEntries names a slice of it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     cid = -1
@@ -125,39 +112,39 @@ def worker_main(conn, job: PackJob, tokenizer=None) -> None:
         src_fd = os.open(job.src, os.O_RDONLY)
         dst_fd = os.open(job.tmp_dst, os.O_WRONLY)
         pending: dict[int, np.ndarray] = {}  # chunk id -> tokens awaiting their offset
-        inbox: list[tuple] = []
+        inbox: list = []
         while True:
             if not inbox:
                 inbox.append(conn.recv())
             while conn.poll():  # writes first: they free memory and unblock the main process
                 inbox.append(conn.recv())
-            inbox.sort(key=lambda m: m[0] != "write")
+            inbox.sort(key=lambda m: not isinstance(m, WriteTokens))
             msg = inbox.pop(0)
-            kind = msg[0]
-            if kind == "stop":
+            if isinstance(msg, Stop):
                 break
-            cid = msg[1]
-            if kind == "write":
+            cid = msg.cid
+            if isinstance(msg, WriteTokens):
                 tokens = pending.pop(cid)
                 try:
-                    pwrite_all(dst_fd, memoryview(tokens.view(np.uint8)), HEADER_SIZE + msg[2])
+                    pwrite_all(dst_fd, memoryview(tokens.view(np.uint8)), HEADER_SIZE + msg.data_offset)
                 except OSError as e:  # the output's disk, not the input: say so
                     raise OutputWriteError(e.errno, e.strerror or str(e)) from e
-                conn.send(("written", cid))
+                conn.send(Written(cid))
                 continue
-            if kind == "lines":
-                chunk = read_line_chunk(src_fd, msg[2], msg[3], job.src_size)
-                covered = min(msg[3], job.src_size) - msg[2]
-            else:
-                chunk = read_entries_chunk(src_fd, msg[2], msg[3], job.src_size)
-                covered = int(msg[3].sum())
+            if isinstance(msg, ReadLines):
+                chunk = read_line_chunk(src_fd, msg.start, msg.end, job.src_size)
+                covered = min(msg.end, job.src_size) - msg.start
+            else:  # ReadEntries
+                offsets, lengths = index[0][msg.first:msg.stop], index[1][msg.first:msg.stop]
+                chunk = read_entries_chunk(src_fd, offsets, lengths, job.src_size)
+                covered = int(lengths.sum())
             texts, _good, bad = extract_texts(chunk, extractor, job.stop_at_first_bad)
             if bad and job.stop_at_first_bad:
                 tokens, doc_tokens = np.zeros(0, token_dtype(job.token_width)), np.zeros(0, np.int64)
             else:
                 tokens, doc_tokens = tokenize_texts(texts, encode, job.eod_id, job.token_width)
             pending[cid] = tokens
-            conn.send(("counted", cid, ChunkResult(chunk.num_lines, covered, doc_tokens, bad)))
+            conn.send(Counted(cid, chunk.num_lines, covered, doc_tokens, bad))
         os.close(dst_fd)
         os.close(src_fd)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
@@ -166,6 +153,6 @@ def worker_main(conn, job: PackJob, tokenizer=None) -> None:
         try:
             detail = (e.strerror if isinstance(e, OutputWriteError) else
                       str(e) if isinstance(e, (TokenOverflowError, OSError)) else traceback.format_exc())
-            conn.send(("failed", cid, detail, isinstance(e, OutputWriteError)))
+            conn.send(Failed(cid, detail, isinstance(e, OutputWriteError)))
         except (OSError, EOFError):
             pass

@@ -23,7 +23,7 @@ import numpy as np
 
 from perfkit.atomic import write_atomic
 from perfkit.data.cli_paths import check_input_file, check_output_path, output_folder
-from perfkit.data.jsonl import BadLineError, TextExtractor, extract_texts, parse_text_key, read_line_chunk
+from perfkit.data.jsonl import BadLineReport, TextExtractor, extract_texts, parse_text_key, read_line_chunk
 from perfkit.data.pack_index_pickle import IndexPickleError, iter_index_pickle, parse_index_pickle
 
 CHUNK_BYTES = 1 << 20
@@ -81,7 +81,8 @@ def build_raw_index(src: Path, key_path: tuple[str, ...], workers: int, on_bad_l
     tasks = iter([(s, min(s + CHUNK_BYTES, size)) for s in range(0, size, CHUNK_BYTES)])
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     workers = max(1, min(workers, -(-size // CHUNK_BYTES) or 1))
-    offsets, lengths, lines_before, examples = [], [], 0, 0
+    offsets, lengths, lines_before = [], [], 0
+    report = BadLineReport(on_bad_line == "error", skipped)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
                              initargs=(str(src), size, key_path, on_bad_line == "error")) as pool:
         pending = deque(pool.submit(_index_chunk, t) for t in itertools.islice(tasks, 2 * workers))
@@ -90,13 +91,7 @@ def build_raw_index(src: Path, key_path: tuple[str, ...], workers: int, on_bad_l
                 off, ln, n_lines, bad = pending.popleft().result()  # in file order
                 pending.extend(pool.submit(_index_chunk, t) for t in itertools.islice(tasks, 1))
                 for i, reason in bad:
-                    where = f"{src}:{lines_before + i + 1}"
-                    if on_bad_line == "error":
-                        raise BadLineError(f"{where}: {reason}")
-                    skipped[reason] = skipped.get(reason, 0) + 1
-                    if examples < 10:
-                        print(f"warning: {where}: {reason} (skipped)", file=sys.stderr)
-                        examples += 1
+                    report.add(f"{src}:{lines_before + i + 1}", reason)
                 offsets.append(off)
                 lengths.append(ln)
                 lines_before += n_lines
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", dest="dst", help="the .idx to write (default: SRC with .idx)")
     p.add_argument("--text-key", default="text", help="key or dotted path of the text field to validate")
     p.add_argument("--on-bad-line", choices=("error", "skip"), default="error")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: usable CPUs)")
+    p.add_argument("--workers", type=int, default=None, help="processes, at most the usable CPUs (default: all)")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     args = p.parse_args(argv)
     src = Path(args.src)
@@ -135,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_input_file(src)
         # `is None`, not `or`: --workers 0 is an error, as in pack, not the default.
-        from perfkit.data.pack import default_workers
+        from perfkit.data.pack import capped_workers, default_workers
         workers = default_workers() if args.workers is None else args.workers
         if workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
+        workers = capped_workers(workers, "index")
         key_path = parse_text_key(args.text_key)
         # Built here first: a failing pool initializer would be restarted forever (a hang).
         TextExtractor(key_path)
