@@ -4,7 +4,7 @@ Only rank 0 writes (pass enabled=False elsewhere). Every record has the same key
 cannot be known are None in JSON, "n/a" on the console and absent from TensorBoard (MFU on a GPU
 whose peak is not in the table is never guessed).
 
-Throughput numbers (design.md): tokens/s per GPU is the headline; TFLOP/s per GPU =
+Throughput numbers (docs/architecture.md): tokens/s per GPU is the headline; TFLOP/s per GPU =
 tokens/s per GPU * FLOPs per token; MFU = TFLOP/s / dense bf16 peak of the GPU.
 """
 

@@ -1,4 +1,4 @@
-"""The dependency direction of design.md, read from the source (imports inside functions count):
+"""The dependency direction of docs/architecture.md, read from the source (imports inside functions count):
 
 cli -> train, data, bench; train -> model, data, checkpoint, metrics, config; model -> kernels;
 kernels -> torch and triton only; config -> nothing of ours; nothing imports cli or bench.

@@ -1,6 +1,6 @@
 """Randomized differential tests of the training data order against an independent reference.
 
-The reference below is written from the definitions (design.md "Data formats", Modalities'
+The reference below is written from the definitions (docs/architecture.md "Data formats", Modalities'
 PackedMemMapDatasetContinuous / CombinedDataset / ResumableDistributedSampler) and never calls
 perfkit's window or sampler code. Each seed generates cases with token widths 1/2/4, 1-4 files (some
 with exactly one window), S in 1..64, both window kinds, B in 1..8, world sizes 1..4, shuffle on/off,

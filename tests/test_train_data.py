@@ -1,5 +1,5 @@
 """Tiny learnable .pbin files for the trainer tests (written here, byte by byte, in the format of
-design.md), plus a check that the data reader accepts them."""
+docs/architecture.md), plus a check that the data reader accepts them."""
 
 from __future__ import annotations
 

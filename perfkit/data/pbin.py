@@ -1,6 +1,6 @@
 """.pbin files (Modalities' packed layout): read them safely and fast, write their header and index.
 
-Layout (design.md): bytes 0..7 data-segment length in bytes (u64 LE); bytes 8..11 token width in
+Layout (docs/architecture.md): bytes 0..7 data-segment length in bytes (u64 LE); bytes 8..11 token width in
 bytes (u32 LE); the data segment (every document's tokens + one EOD token, little-endian); then
 the document index: `pickle.dumps([(byte_offset, byte_length), ...], protocol=4)`, offsets relative
 to the data segment.

@@ -4,7 +4,7 @@ Names: W = world size (ranks), B = micro-batch size per rank, A = gradient-accum
 S = sequence length. One optimizer step consumes W * B * A samples = W * B * A * S target tokens.
 
 The seed computes its training target from the dataset (`num_tokens_from_packed_mem_map_dataset_continuous`):
-    samples = number of windows of the dataset           (design.md's (T - (S+1)) // S + 1)
+    samples = number of windows of the dataset           (docs/architecture.md: (T - (S+1)) // S + 1)
     steps   = samples // W // B // A                       (whole steps only; the rest is dropped)
     tokens  = steps * W * B * S * A                        (the target tokens actually trained on)
 and `num_steps_from_num_tokens` turns a token target back into steps with (tokens // S) // W // B // A.

@@ -27,7 +27,7 @@ class Plan:
     target_tokens: int             # max_steps * tokens_per_step
     train_samples: int             # windows in one epoch of $.data.train
     epochs: float                  # target samples / train samples
-    flops_per_token: float         # 6 N_non_embedding + 12 L H d S (design.md)
+    flops_per_token: float         # 6 N_non_embedding + 12 L H d S (docs/architecture.md)
     parameters: int
     non_embedding_parameters: int
 
