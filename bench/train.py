@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     args.overrides_used = overrides
     from perfkit.config import ConfigError, load_config
+    from perfkit.errors import UserError
 
     variants = COMPARE[args.compare] if args.compare else [(None, [])]
     try:  # every variant's config is checked before anything is built
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         env = distributed.read_env(first.run)
         if not args.synthetic:
             setup.check_data(first)  # token ids < vocab: a bad file fails here, not as a device assert
-    except setup.SETUP_ERRORS as e:
+    except UserError as e:
         hint = "" if args.synthetic else " (or benchmark on random tokens with --synthetic)"
         print(f"perfkit bench train: {e}{hint}", file=sys.stderr)
         return 1
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             path = append_jsonl(args.json, records)
             print(f"perfkit bench train: appended {len(records)} record(s) to {path}", flush=True)
         return 1 if failed else 0
-    except (NonFiniteError, *setup.SETUP_ERRORS) as e:
+    except (NonFiniteError, UserError) as e:
         print(f"perfkit bench train: rank {env.rank}: {e}", file=sys.stderr)
         return 1
     finally:

@@ -21,6 +21,8 @@ from typing import Any, Literal, Union
 
 import msgspec
 
+from perfkit.errors import UserError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -285,7 +287,7 @@ def _unit_interval(section: msgspec.Struct, name: str, fields: tuple[str, ...]) 
 # ---------------------------------------------------------------------------------------------
 # Loading: TOML file + dotted overrides -> key check with suggestions -> typed decode.
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config problem; the message names the file or the `$.section.key` path."""
 
 

@@ -26,11 +26,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perfkit.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 INSTALL_HINT = "pip install 'perfkit[plot]'"
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError):
     """A metrics.jsonl that cannot be plotted; the message names the file."""
 
 

@@ -1,7 +1,7 @@
 """The dependency direction of docs/architecture.md, read from the source (imports inside functions count):
 
 cli -> train, data, bench; train -> model, data, checkpoint, metrics, config; model -> kernels;
-kernels -> torch and triton only; config -> nothing of ours; nothing imports cli or bench.
+kernels -> torch and triton only; config -> errors only; errors -> nothing; nothing imports cli or bench.
 """
 
 import ast
@@ -16,16 +16,18 @@ ALLOWED = [
     ("perfkit.cli", None),                 # the front door may import anything
     ("perfkit.demo", None),                # the README's main job drives fetch, pack and train
     ("perfkit.bench", None),
-    ("perfkit.config", ()),
+    ("perfkit.errors", ()),
+    ("perfkit.config", ("perfkit.errors",)),
     ("perfkit.atomic", ()),
     ("perfkit.kernels", ("perfkit.kernels",)),
-    ("perfkit.model", ("perfkit.model", "perfkit.kernels", "perfkit.config")),
-    ("perfkit.data", ("perfkit.data", "perfkit.config", "perfkit.atomic")),
-    ("perfkit.metrics", ("perfkit.config", "perfkit.atomic")),
-    ("perfkit.plot", ()),
-    ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.config", "perfkit.atomic")),
+    ("perfkit.model", ("perfkit.model", "perfkit.kernels", "perfkit.config", "perfkit.errors")),
+    ("perfkit.data", ("perfkit.data", "perfkit.config", "perfkit.atomic", "perfkit.errors")),
+    ("perfkit.metrics", ("perfkit.config", "perfkit.atomic", "perfkit.errors")),
+    ("perfkit.plot", ("perfkit.errors",)),
+    ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.config", "perfkit.atomic",
+                            "perfkit.errors")),
     ("perfkit.train", ("perfkit.train", "perfkit.model", "perfkit.data", "perfkit.checkpoint",
-                       "perfkit.metrics", "perfkit.config", "perfkit.atomic")),
+                       "perfkit.metrics", "perfkit.config", "perfkit.atomic", "perfkit.errors")),
 ]
 
 

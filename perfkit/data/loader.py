@@ -23,6 +23,7 @@ import torch
 
 from perfkit.data.sampler import ResumableDistributedSampler
 from perfkit.data.windows import WindowDataset, WindowError, pbin_paths
+from perfkit.errors import UserError
 
 # Tokens are staged in their on-disk width and widened on the device. torch >= 2.3 copies
 # uint16/uint32 tensors ("barebones" unsigned dtypes) to int64 directly; where a build cannot, the
@@ -98,10 +99,10 @@ class TrainLoader:
             epoch, consumed = int(state["epoch"]), int(state["consumed_in_epoch"])
             total = int(state.get("consumed_total", 0))
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"loader state {state!r} lacks epoch/consumed_in_epoch") from e
+            raise UserError(f"loader state {state!r} lacks epoch/consumed_in_epoch") from e
         for key, mine in (("num_samples", self.num_samples), ("seed", self.sampler.seed)):
             if key in state and int(state[key]) != mine:
-                raise ValueError(f"loader state was saved with {key}={state[key]} but the configured "
+                raise UserError(f"loader state was saved with {key}={state[key]} but the configured "
                                  f"data gives {key}={mine}; resuming would not continue the same order")
         self.close()  # prefetched batches belong to the old position
         self._epoch, self._consumed = self.sampler.normalize(epoch, consumed)

@@ -24,6 +24,7 @@ import numpy as np
 from perfkit.data.jsonl import LineChunk, TextExtractor, extract_texts, read_line_chunk
 from perfkit.data.pbin import HEADER_SIZE, token_dtype
 from perfkit.data.tokenizer import TokenizerSpec, resolve_tokenizer
+from perfkit.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class ChunkResult:
     bad: list[tuple[int, str]]     # (line index within the chunk, reason), in order
 
 
-class TokenOverflowError(ValueError):
+class TokenOverflowError(UserError):
     pass
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from perfkit.atomic import write_atomic
 from perfkit.data.pack_index_pickle import (IndexPickleError, encode_index_pickle, iter_index_pickle,
                                       parse_index_pickle)
+from perfkit.errors import UserError
 
 HEADER_SIZE = 12          # 8 bytes data length + 4 bytes token width
 VALID_WIDTHS = (1, 2, 4)
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 
-class PbinError(ValueError):
+class PbinError(UserError):
     """A .pbin file (or its index) breaks the format; the message names the file."""
 
 

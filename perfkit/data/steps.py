@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from perfkit.errors import UserError
 
-class DataTooSmallError(ValueError):
+
+class DataTooSmallError(UserError):
     """The data cannot fill even one optimizer step."""
 
 

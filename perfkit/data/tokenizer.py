@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perfkit.data.pbin import token_width_for_vocab
+from perfkit.errors import UserError
 
 # sha256 of OpenAI's published ranks files -> the tiktoken encoding they belong to (these are the
 # `expected_hash` values tiktoken checks downloads against).
@@ -34,7 +35,7 @@ ALIASES = {"gpt2": "r50k_base"}
 DEFAULT_EOD = "<|endoftext|>"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """The tokenizer cannot be resolved; the message says what to do."""
 
 

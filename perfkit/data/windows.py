@@ -28,11 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from perfkit.errors import UserError
+
 
 PBIN_HEADER_BYTES = 12  # u64 data length + u32 token width; the data segment starts right after
 
 
-class WindowError(ValueError):
+class WindowError(UserError):
     """A dataset that cannot give even one window (names the file or config key)."""
 
 

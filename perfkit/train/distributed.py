@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from perfkit.config import ParallelConfig, RunConfig
+from perfkit.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,9 @@ def read_env(run: RunConfig) -> Env:
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("$.run.device = \"cuda\" but CUDA is not available (use \"cpu\" or \"auto\")")
+            raise UserError("$.run.device = \"cuda\" but CUDA is not available (use \"cpu\" or \"auto\")")
         if local >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices are visible")
+            raise UserError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices are visible")
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
@@ -131,7 +132,7 @@ def init(env: Env, par: ParallelConfig) -> None:
     if backend == "auto":
         backend = "nccl" if env.device.type == "cuda" else "gloo"
     if backend == "nccl" and env.device.type != "cuda":
-        raise ValueError("$.parallel.backend = \"nccl\" needs a CUDA device; use \"gloo\" or \"auto\" on CPU")
+        raise UserError("$.parallel.backend = \"nccl\" needs a CUDA device; use \"gloo\" or \"auto\" on CPU")
     kwargs: dict[str, Any] = {"backend": backend}
     if env.device.type == "cuda":
         kwargs["device_id"] = env.device  # binds NCCL to this GPU up front (no lazy init on first collective)

@@ -20,6 +20,7 @@ import sys
 import traceback
 
 from perfkit.config import Config, ConfigError, config_to_dict, load_config
+from perfkit.errors import UserError
 
 EPILOG = """Overrides use the TOML keys: --training.max_steps=100 --data.train='["a.pbin", "b.pbin"]'
 --run.root=/scratch/runs (values are TOML literals; text that is not one is taken as a string).
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         setup.check_outputs(cfg)
         setup.check_data(cfg, world_size=env.world_size)
-    except setup.SETUP_ERRORS as e:
+    except UserError as e:  # bad input: one line; a bug (any other error) keeps its traceback
         if args.dry_run:
             print(f"perfkit train: {e}", file=sys.stderr)
             return 1 if not isinstance(e, ConfigError) else 2
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return setup.run(cfg, env, plan, resolved_config(cfg, plan))
-    except (NonFiniteError, *setup.SETUP_ERRORS) as e:  # found after the process group exists
+    except (NonFiniteError, UserError) as e:  # found after the process group exists
         print(f"perfkit train: rank {env.rank}: {e}", file=sys.stderr)
         return 1
     except Exception:

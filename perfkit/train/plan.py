@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass
 
 from perfkit.config import Config
 from perfkit.data import steps
+from perfkit.errors import UserError
 
 
-class PlanError(ValueError):
+class PlanError(UserError):
     """The batch geometry or training target cannot work (names the config keys)."""
 
 

@@ -15,29 +15,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perfkit.config import Config, ConfigError
+from perfkit.config import Config
 from perfkit.data.pbin import read_pbin
 from perfkit.data.windows import num_windows, pbin_paths
+from perfkit.errors import UserError
 from perfkit.train import distributed
 from perfkit.train.distributed import Env
 from perfkit.train.plan import Plan, make_plan
-
-# Errors that mean "bad input": reported in one line, without a traceback.
-SETUP_ERRORS = (ConfigError, ValueError, FileNotFoundError)
-
 
 def make_run_plan(cfg: Config, env: Env) -> Plan:
     """The plan from the config, the world size and the .pbin headers (no tokens are read)."""
     from perfkit.model import flops_per_token, parameter_count
 
     if not cfg.data.train:
-        raise ValueError("$.data.train is empty: list at least one .pbin file "
+        raise UserError("$.data.train is empty: list at least one .pbin file "
                          "(`perfkit demo` writes data/preprocessed/shakespeare_train.pbin)")
     try:
         paths = pbin_paths(cfg.data.train, "$.data.train")
-    except ValueError as e:
+    except UserError as e:
         demo = any("shakespeare_" in p for p in cfg.data.train)
-        raise ValueError(f"{e}{' (`perfkit demo` writes the demo data)' if demo else ''}") from None
+        raise UserError(f"{e}{' (`perfkit demo` writes the demo data)' if demo else ''}") from None
     seq = cfg.model.sequence_length
     samples = sum(num_windows(read_pbin(p).num_tokens, seq, cfg.data.reuse_last_target) for p in paths)
     return make_plan(cfg, env.world_size, samples, flops_per_token=flops_per_token(cfg.model),
@@ -64,7 +61,7 @@ def check_data(cfg: Config, chunk_tokens: int = 1 << 26, world_size: int = 1) ->
                 continue
             top = max(int(np.max(f.tokens[i:i + chunk_tokens])) for i in range(0, f.num_tokens, chunk_tokens))
             if top >= vocab:
-                raise ValueError(f"{key}: {p} holds token id {top}, beyond $.model.vocab_size ({vocab}); "
+                raise UserError(f"{key}: {p} holds token id {top}, beyond $.model.vocab_size ({vocab}); "
                                  f"was it packed with another tokenizer?")
 
 
@@ -79,10 +76,10 @@ def _check_windows(cfg: Config, world_size: int) -> None:
         try:
             ds = WindowDataset(pbin_paths(paths, key), seq, reuse_last_target=data.reuse_last_target,
                                weights=weights, seed=data.seed, config_key=key)
-        except ValueError as e:
-            raise ValueError(str(e) if str(e).startswith(key) else f"{key}: {e}") from None
+        except UserError as e:
+            raise UserError(str(e) if str(e).startswith(key) else f"{key}: {e}") from None
         if key == "$.data.val" and ds.num_samples < world_size:
-            raise ValueError(f"$.data.val: {ds.num_samples} validation windows of {seq + 1} tokens for "
+            raise UserError(f"$.data.val: {ds.num_samples} validation windows of {seq + 1} tokens for "
                              f"{world_size} ranks; every rank needs at least one")
 
 
@@ -96,12 +93,12 @@ def check_outputs(cfg: Config) -> None:
         probe = probe.parent  # the nearest existing ancestor decides whether mkdir can work
     if probe.exists() and not probe.is_dir():
         what = "is a file" if probe == root else f"cannot be created: {probe} is a file"
-        raise ValueError(f"$.run.root {str(root)!r} {what}; it must be a folder")
+        raise UserError(f"$.run.root {str(root)!r} {what}; it must be a folder")
     if cfg.run.experiment_id:
         run_dir = root / cfg.run.experiment_id
         for p in (run_dir, run_dir / "checkpoints"):
             if p.exists() and not p.is_dir():
-                raise ValueError(f"$.run.experiment_id: {p} exists and is not a folder")
+                raise UserError(f"$.run.experiment_id: {p} exists and is not a folder")
     from perfkit.checkpoint.layout import CheckpointError, latest_checkpoint, resolve_checkpoint
 
     resume, warm = (cfg.checkpoint.resume or "none").strip(), (cfg.checkpoint.warm_start or "").strip()
@@ -110,7 +107,7 @@ def check_outputs(cfg: Config) -> None:
         # the rest (keep_last): the earlier run would be lost without anyone asking for it
         newest = latest_checkpoint(root / cfg.run.experiment_id)
         if newest is not None:
-            raise ValueError(f"$.run.experiment_id: run folder {root / cfg.run.experiment_id} already holds "
+            raise UserError(f"$.run.experiment_id: run folder {root / cfg.run.experiment_id} already holds "
                              f"checkpoints (newest {newest.name}) that a fresh run would overwrite; continue "
                              f"it with --checkpoint.resume=auto, or choose another $.run.experiment_id")
     try:
@@ -121,7 +118,7 @@ def check_outputs(cfg: Config) -> None:
     except CheckpointError as e:
         key = "$.checkpoint.warm_start" if warm else "$.checkpoint.resume"
         hint = "" if warm or Path(resume).exists() else ' (it takes "none", "auto" or a checkpoint or run folder)'
-        raise ValueError(f"{key}: {e}{hint}") from None
+        raise UserError(f"{key}: {e}{hint}") from None
 
 
 def configure_backends(cfg: Config, env: Env) -> None:
@@ -221,4 +218,4 @@ def _write_run_folder(env: Env, run_dir: Path, resolved: dict) -> None:
             problem = f"cannot write the run folder {run_dir}: {e.strerror or e}"
     problem = distributed.broadcast_object(problem)
     if problem:
-        raise ValueError(problem)
+        raise UserError(problem)
