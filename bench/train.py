@@ -88,13 +88,9 @@ def _release(device) -> None:
 
 
 def _gather_medians(value: float) -> list[float]:
-    import torch.distributed as dist
+    from perfkit.ranks import gather_objects
 
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [value]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return [float(v) for v in out]
+    return [float(v) for v in gather_objects(value)]
 
 
 def run_variant(args, cfg, env, env_info, peak, run_dir, variant, show_header) -> dict:

@@ -1,7 +1,7 @@
 """The dependency direction of docs/architecture.md, read from the source (imports inside functions count):
 
 cli -> train, data, bench; train -> model, data, checkpoint, metrics, config; model -> kernels;
-kernels -> torch and triton only; config -> errors only; errors -> nothing; nothing imports cli or bench.
+kernels -> torch and triton only; config -> errors only; errors and ranks -> nothing of ours; nothing imports cli or bench.
 """
 
 import ast
@@ -17,6 +17,7 @@ ALLOWED = [
     ("perfkit.demo", None),                # the README's main job drives fetch, pack and train
     ("perfkit.bench", None),
     ("perfkit.errors", ()),
+    ("perfkit.ranks", ()),                 # rank / world size helpers: torch.distributed only
     ("perfkit.config", ("perfkit.errors",)),
     ("perfkit.atomic", ()),
     ("perfkit.kernels", ("perfkit.kernels",)),
@@ -25,9 +26,10 @@ ALLOWED = [
     ("perfkit.metrics", ("perfkit.config", "perfkit.atomic", "perfkit.errors")),
     ("perfkit.plot", ("perfkit.errors",)),
     ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.config", "perfkit.atomic",
-                            "perfkit.errors")),
+                            "perfkit.errors", "perfkit.ranks")),
     ("perfkit.train", ("perfkit.train", "perfkit.model", "perfkit.data", "perfkit.checkpoint",
-                       "perfkit.metrics", "perfkit.config", "perfkit.atomic", "perfkit.errors")),
+                       "perfkit.metrics", "perfkit.config", "perfkit.atomic", "perfkit.errors",
+                       "perfkit.ranks")),
 ]
 
 

@@ -45,6 +45,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from perfkit.checkpoint import layout, state
 from perfkit.checkpoint.layout import CheckpointError
+# call sites keep their short private names; the helpers themselves live in perfkit/ranks.py
+from perfkit.ranks import gather_objects as _gather, is_distributed as _distributed, rank as _rank, world_size as _world
 
 TRAIN_STATE = "train_state.pt"
 CONFIG_JSON = "config.json"
@@ -341,29 +343,9 @@ def _jsonable(config: Any) -> Any:
 
 # ---- thin collective helpers: each works without torch.distributed initialized ---------------
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank(group) -> int:
-    return dist.get_rank(group) if _distributed() else 0
-
-
-def _world(group) -> int:
-    return dist.get_world_size(group) if _distributed() else 1
-
-
 def _barrier(group) -> None:
     if _distributed():
         dist.barrier(group=group)
-
-
-def _gather(obj: Any, group) -> list[Any]:
-    if not _distributed():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(out, obj, group=group)
-    return out
 
 
 def _all_succeed(work, group):

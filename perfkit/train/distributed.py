@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from perfkit import ranks
 from perfkit.config import ParallelConfig, RunConfig
 from perfkit.errors import UserError
 
@@ -126,7 +127,7 @@ def init(env: Env, par: ParallelConfig) -> None:
     """Set the device and create the default process group (idempotent)."""
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
-    if dist.is_initialized():
+    if ranks.is_distributed():
         return
     backend = par.backend
     if backend == "auto":
@@ -143,13 +144,13 @@ def init(env: Env, par: ParallelConfig) -> None:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
+    if ranks.is_distributed():
         dist.destroy_process_group()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank src's Python object on every rank (run ids, decisions made once)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if ranks.world_size() == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -158,9 +159,9 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
     """Average of a device scalar over ranks (an async-free all-reduce; read it on logging steps only)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if ranks.world_size() > 1:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.AVG if dist.get_backend() == "nccl" else dist.ReduceOp.SUM)
         if dist.get_backend() != "nccl":
-            t /= dist.get_world_size()  # gloo has no AVG
+            t /= ranks.world_size()  # gloo has no AVG
     return t

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from perfkit import ranks
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: torch.device,
@@ -29,7 +31,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: tor
         n = targets.numel()
         loss_sum += loss_fn(logits, targets).double() * n
         count += n
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if ranks.world_size() > 1:
         both = torch.stack([loss_sum, count])
         dist.all_reduce(both)
         loss_sum, count = both[0], both[1]
