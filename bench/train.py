@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = distributed.read_env(first.run)
         if not args.synthetic:
-            setup.check_data(first)  # token ids < vocab: a bad file fails here, not as a device assert
+            setup.check_data(first, setup.open_datasets(first, env.world_size))  # token ids < vocab: a bad file fails here, not as a device assert
     except UserError as e:
         hint = "" if args.synthetic else " (or benchmark on random tokens with --synthetic)"
         print(f"perfkit bench train: {e}{hint}", file=sys.stderr)

@@ -58,7 +58,7 @@ def bench_plan(cfg: Config, env: Env, synthetic: bool) -> Plan:
 
     if not synthetic:
         from perfkit.train import setup
-        return setup.make_run_plan(cfg, env)
+        return setup.make_run_plan(cfg, env, setup.open_datasets(cfg, env.world_size))
     _, global_batch = batch_geometry(cfg, env.world_size)
     # synthetic tokens never run out: call the run exactly one "epoch" long
     return make_plan(cfg, env.world_size, train_samples=global_batch * max(1, cfg.training.max_steps),

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from perfkit.data.pbin import PbinError, PbinFile, read_pbin
+from perfkit.data.pbin import HEADER_SIZE, PbinError, PbinFile, read_pbin
 from perfkit.data.tokenizer import DEFAULT_EOD, TokenizerError, TokenizerSpec, resolve_tokenizer
 
 SCAN_TOKENS = 1 << 24     # tokens per step when scanning the whole data segment (bounded memory)
@@ -59,7 +59,7 @@ def describe(pb: PbinFile, tokenizer=None, doc: int | None = None, eod_token: st
     report = {
         "path": str(pb.path),
         "header": {"data_bytes": pb.data_len, "token_width": pb.token_width},
-        "file_bytes": 12 + pb.data_len + pb.index_bytes,
+        "file_bytes": HEADER_SIZE + pb.data_len + pb.index_bytes,
         "index_bytes": pb.index_bytes,
         "documents": pb.num_docs,
         "tokens": pb.num_tokens,

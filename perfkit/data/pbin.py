@@ -136,20 +136,11 @@ def read_pbin(path: str | os.PathLike) -> PbinFile:
             if data_len % width:
                 raise PbinError(f"{path}: data segment length {data_len} is not a multiple of the "
                                 f"token width {width}")
-            # the file's identity and version: the parsed index is reused while it is unchanged
-            key = (st.st_dev, st.st_ino, size, st.st_mtime_ns, data_len, width)
-            cached = _INDEX_CACHE.get(key)
-            if cached is None:
-                f.seek(HEADER_SIZE + data_len)
-                index_raw = f.read()
+            f.seek(HEADER_SIZE + data_len)
+            index_raw = f.read()
     except OSError as e:
         raise PbinError(f"{path}: cannot read: {e.strerror or e}") from e
-    if cached is None:
-        cached = _parse_and_check_index(path, index_raw, data_len, width)
-        if len(_INDEX_CACHE) >= _INDEX_CACHE_FILES:
-            _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))  # the oldest entry
-        _INDEX_CACHE[key] = cached
-    offsets, lengths, index_bytes = cached
+    offsets, lengths, index_bytes = _parse_and_check_index(path, index_raw, data_len, width)
 
     dtype = token_dtype(width)
     if data_len:
@@ -157,12 +148,6 @@ def read_pbin(path: str | os.PathLike) -> PbinFile:
     else:  # mmap cannot map zero bytes
         tokens = np.zeros(0, dtype=dtype)
     return PbinFile(path, width, data_len, tokens, offsets, lengths, index_bytes)
-
-
-# A training start opens each file several times (plan, data checks, loaders); a 10-million-document
-# index takes seconds to parse, so the checked arrays (read-only) are kept per file version.
-_INDEX_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}
-_INDEX_CACHE_FILES = 64
 
 
 def _parse_and_check_index(path: Path, index_raw: bytes, data_len: int, width: int):

@@ -84,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         env = setup.distributed.read_env(cfg.run)
-        plan = setup.make_run_plan(cfg, env)
+        datasets = setup.open_datasets(cfg, env.world_size)  # every .pbin opened once, here
+        plan = setup.make_run_plan(cfg, env, datasets)
         if args.dry_run:
             print(json.dumps(resolved_config(cfg, plan), indent=2))
             return 0
         setup.check_outputs(cfg)
-        setup.check_data(cfg, world_size=env.world_size)
+        setup.check_data(cfg, datasets)
     except UserError as e:  # bad input: one line; a bug (any other error) keeps its traceback
         if args.dry_run:
             print(f"perfkit train: {e}", file=sys.stderr)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from perfkit.train.faults import NonFiniteError
 
     try:
-        return setup.run(cfg, env, plan, resolved_config(cfg, plan))
+        return setup.run(cfg, env, plan, resolved_config(cfg, plan), datasets)
     except (NonFiniteError, UserError) as e:  # found after the process group exists
         print(f"perfkit train: rank {env.rank}: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """Building a run from its config: checks that need no process group, then the parts, then the loop.
 
-Every check in `distributed.read_env`, `make_run_plan` and `check_data` runs on every rank on its own,
+Every check in `distributed.read_env`, `open_datasets`, `make_run_plan` and `check_data` runs on every
+rank on its own,
 so bad input stops all ranks with the same message before any collective. Where the ranks do not
 see the same files or config (one node's copy missing or different), main.py has them agree on the
 outcome through torchrun's store (`distributed.agree_on_setup`), so nothing waits for a rank that
@@ -10,77 +11,82 @@ already exited.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from perfkit.config import Config
-from perfkit.data.pbin import read_pbin
-from perfkit.data.windows import num_windows, pbin_paths
+from perfkit.data.loader import check_val_windows
+from perfkit.data.windows import WindowDataset, pbin_paths
 from perfkit.errors import UserError
 from perfkit.train import distributed
 from perfkit.train.distributed import Env
 from perfkit.train.plan import Plan, make_plan
 
-def make_run_plan(cfg: Config, env: Env) -> Plan:
-    """The plan from the config, the world size and the .pbin headers (no tokens are read)."""
-    from perfkit.model import flops_per_token, parameter_count
+@dataclass(frozen=True)
+class Datasets:
+    """The run's window datasets, opened once: the plan, the data checks and the loaders share them."""
 
-    if not cfg.data.train:
+    train: WindowDataset
+    val: WindowDataset | None
+
+
+def open_datasets(cfg: Config, world_size: int = 1) -> Datasets:
+    """Open $.data.train and $.data.val once each (every .pbin's header and index checked, its
+    tokens memory-mapped). The loaders' dataset checks (a file too short for one window, mixed
+    token widths, too few validation windows for the ranks) stop every rank here, before the
+    process group and the run folder exist."""
+    data, seq = cfg.data, cfg.model.sequence_length
+    if not data.train:
         raise UserError("$.data.train is empty: list at least one .pbin file "
-                         "(`perfkit demo` writes data/preprocessed/shakespeare_train.pbin)")
+                        "(`perfkit demo` writes data/preprocessed/shakespeare_train.pbin)")
     try:
-        paths = pbin_paths(cfg.data.train, "$.data.train")
+        pbin_paths(data.train, "$.data.train")
     except UserError as e:
-        demo = any("shakespeare_" in p for p in cfg.data.train)
+        demo = any("shakespeare_" in p for p in data.train)
         raise UserError(f"{e}{' (`perfkit demo` writes the demo data)' if demo else ''}") from None
-    seq = cfg.model.sequence_length
-    samples = sum(num_windows(read_pbin(p).num_tokens, seq, cfg.data.reuse_last_target) for p in paths)
-    return make_plan(cfg, env.world_size, samples, flops_per_token=flops_per_token(cfg.model),
-                     parameters=parameter_count(cfg.model),
-                     non_embedding_parameters=parameter_count(cfg.model, non_embedding=True))
-
-
-def check_data(cfg: Config, chunk_tokens: int = 1 << 26, world_size: int = 1) -> None:
-    """Every token id of the train and val files must be < $.model.vocab_size (an out-of-range id
-    would crash the embedding lookup mid-run, on the GPU with a device-side assert).
-
-    Skipped for a file whose token width cannot hold an id >= vocab_size; otherwise a chunked max
-    over the memory map (about a second per GB from the page cache).
-
-    Also opens the window index space of train and val the way the loaders will (a file too short
-    for one window, mixed token widths, too few validation windows for the ranks), so that these
-    errors stop every rank here, before the process group and the run folder exist."""
-    _check_windows(cfg, world_size)
-    vocab = cfg.model.vocab_size
-    for key, paths in (("$.data.train", cfg.data.train), ("$.data.val", cfg.data.val)):
-        for p in pbin_paths(paths, key):
-            f = read_pbin(p)
-            if (1 << (8 * f.token_width)) <= vocab or f.num_tokens == 0:
-                continue
-            top = max(int(np.max(f.tokens[i:i + chunk_tokens])) for i in range(0, f.num_tokens, chunk_tokens))
-            if top >= vocab:
-                raise UserError(f"{key}: {p} holds token id {top}, beyond $.model.vocab_size ({vocab}); "
-                                 f"was it packed with another tokenizer?")
-
-
-def _check_windows(cfg: Config, world_size: int) -> None:
-    """The loaders' own dataset checks, run early (headers only: no token is read)."""
-    from perfkit.data.windows import WindowDataset
-
-    seq, data = cfg.model.sequence_length, cfg.data
+    opened = {}
     for key, paths, weights in (("$.data.train", data.train, data.train_weights), ("$.data.val", data.val, None)):
         if not paths:
             continue
         try:
-            ds = WindowDataset(pbin_paths(paths, key), seq, reuse_last_target=data.reuse_last_target,
-                               weights=weights, seed=data.seed, config_key=key)
+            opened[key] = WindowDataset(pbin_paths(paths, key), seq, reuse_last_target=data.reuse_last_target,
+                                        weights=weights, seed=data.seed, config_key=key)
         except UserError as e:
             raise UserError(str(e) if str(e).startswith(key) else f"{key}: {e}") from None
-        if key == "$.data.val" and ds.num_samples < world_size:
-            raise UserError(f"$.data.val: {ds.num_samples} validation windows of {seq + 1} tokens for "
-                             f"{world_size} ranks; every rank needs at least one")
+    val = opened.get("$.data.val")
+    if val is not None:
+        check_val_windows(val, world_size)
+    return Datasets(train=opened["$.data.train"], val=val)
+
+
+def make_run_plan(cfg: Config, env: Env, datasets: Datasets) -> Plan:
+    """The plan from the config, the world size and the train windows (no tokens are read)."""
+    from perfkit.model import flops_per_token, parameter_count
+
+    return make_plan(cfg, env.world_size, datasets.train.num_samples, flops_per_token=flops_per_token(cfg.model),
+                     parameters=parameter_count(cfg.model),
+                     non_embedding_parameters=parameter_count(cfg.model, non_embedding=True))
+
+
+def check_data(cfg: Config, datasets: Datasets, chunk_tokens: int = 1 << 26) -> None:
+    """Every token id of the train and val files must be < $.model.vocab_size (an out-of-range id
+    would crash the embedding lookup mid-run, on the GPU with a device-side assert).
+
+    Skipped for a file whose token width cannot hold an id >= vocab_size; otherwise a chunked max
+    over the memory map the datasets already hold (about a second per GB from the page cache)."""
+    vocab = cfg.model.vocab_size
+    for key, ds in (("$.data.train", datasets.train), ("$.data.val", datasets.val)):
+        for f in ds.files if ds is not None else ():
+            if (1 << (8 * f.token_width)) <= vocab or f.num_tokens == 0:
+                continue
+            tokens = f.tokens  # (T,) memory map
+            top = max(int(np.max(tokens[i:i + chunk_tokens])) for i in range(0, f.num_tokens, chunk_tokens))
+            if top >= vocab:
+                raise UserError(f"{key}: {f.path} holds token id {top}, beyond $.model.vocab_size ({vocab}); "
+                                f"was it packed with another tokenizer?")
 
 
 def check_outputs(cfg: Config) -> None:
@@ -128,11 +134,12 @@ def configure_backends(cfg: Config, env: Env) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
 
 
-def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None):
+def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None, datasets: Datasets | None = None):
     """Model, optimizer, schedule, data, loss and non-finite guard of one rank (the process group
     must exist). The trainer and `perfkit bench` both build through here, so the benchmark times
     exactly what training runs. `loader`: a stand-in for the .pbin TrainLoader (the bench's
-    synthetic batches); then no validation loader is built."""
+    synthetic batches); then no validation loader is built. `datasets`: those setup opened
+    (None: opened here)."""
     from perfkit.data.loader import build_train_loader, build_val_loader
     from perfkit.train.faults import NonFiniteGuard
     from perfkit.train.loop import TrainParts
@@ -148,14 +155,15 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None):
                        rank=env.rank, world_size=env.world_size, device=env.device)
     val_loader = None
     if loader is None:
-        loader = build_train_loader(cfg.data, **loader_args)
-        val_loader = build_val_loader(cfg.data, **loader_args)
+        datasets = datasets or open_datasets(cfg, env.world_size)
+        loader = build_train_loader(cfg.data, dataset=datasets.train, **loader_args)
+        val_loader = build_val_loader(cfg.data, dataset=datasets.val, **loader_args)
     return TrainParts(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
                       val_loader=val_loader, loss_fn=build_loss_fn(cfg.parallel),
                       guard=NonFiniteGuard(cfg.training.on_nonfinite))
 
 
-def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
+def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | None = None) -> int:
     """Create the process group, build everything, train; always tears the group down."""
     from perfkit.checkpoint import Checkpointer
     from perfkit.metrics import MetricsLogger, peak_flops
@@ -178,7 +186,7 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
                   f"{plan.max_steps} steps x {plan.tokens_per_step:,} tokens, grad accumulation "
                   f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}", flush=True)
 
-        parts = build_train_parts(cfg, env, plan)
+        parts = build_train_parts(cfg, env, plan, datasets=datasets)
         try:  # the loader is closed whatever fails from here on
             parts.checkpointer = Checkpointer(
                 cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
