@@ -6,7 +6,8 @@
     perfkit bench loader  [...]                (tokens/s served by the .pbin loader)
     perfkit bench pack    [...]                (perfkit pack vs tiktoken's own batch encoder)
 
-Each suite lives in its own module with `main(argv) -> int`; this file only picks one.
+Each suite lives in its own module with `main(argv) -> int`; this file only picks one and imports
+it then, so `perfkit bench pack` stays torch-free.
 """
 
 from __future__ import annotations

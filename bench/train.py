@@ -17,6 +17,9 @@ and appends one JSON line per measured variant to --json (default bench/results/
                 kernels (triton vs torch), compile (on vs off), reshard (reshard_after_forward on vs off).
 On CPU (configs/cpu_debug.toml) the numbers are tokens/s per process and MFU is n/a.
 Exit codes: 0 measured; 1 error (missing data, non-finite loss, ...); 2 bad config or arguments.
+
+torch, and the modules that import it, are imported inside the functions that use them, after the
+command line and the config are checked: `--help` and config errors do not load torch.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+from perfkit.bench.records import append_jsonl, environment, json_path_problem, percentiles
+from perfkit.config import ConfigError, load_config
+from perfkit.errors import UserError
 
 DEFAULT_CONFIG = "configs/gpt2.toml"
 DEFAULT_JSON = "bench/results/bench.jsonl"
@@ -61,7 +68,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         "(put CONFIG before them)")
     args, rest = p.parse_known_args(argv)
     args.profile = args.profile or args.memory_snapshot
-    from perfkit.bench.records import json_path_problem
     if json_path_problem(args.json):
         p.error(json_path_problem(args.json))
     if args.steps < 1 or args.warmup < 0 or args.profile_steps < 1:
@@ -95,7 +101,6 @@ def _gather_medians(value: float) -> list[float]:
 
 def run_variant(args, cfg, env, env_info, peak, run_dir, variant, show_header) -> dict:
     from perfkit.bench.profile import profile_steps
-    from perfkit.bench.records import percentiles
     from perfkit.bench.train_measure import measure
     from perfkit.bench.train_parts import bench_plan, build_parts
     from perfkit.bench.train_report import header, make_record, summary
@@ -139,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, overrides = parse_args(argv)
     args.overrides_used = overrides
-    from perfkit.config import ConfigError, load_config
-    from perfkit.errors import UserError
 
     variants = COMPARE[args.compare] if args.compare else [(None, [])]
     try:  # every variant's config is checked before anything is built
@@ -151,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from perfkit.bench.records import append_jsonl, environment
     from perfkit.bench.train_parts import with_steps
     from perfkit.metrics import peak_flops
     from perfkit.train import distributed, setup

@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
@@ -44,6 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict)
 
 from perfkit.checkpoint import layout, state
+from perfkit.checkpoint.export import load_export
 from perfkit.checkpoint.layout import CheckpointError
 # call sites keep their short private names; the helpers themselves live in perfkit/ranks.py
 from perfkit.ranks import gather_objects as _gather, is_distributed as _distributed, rank as _rank, world_size as _world
@@ -308,7 +310,6 @@ class Checkpointer:
 
     def _load_weights_only(self, target: Path) -> None:
         if target.is_file():
-            from perfkit.checkpoint.export import load_export
             exported = load_export(target)
             self._check_model_config(target, exported["model_config"], strict=False)
             full = exported["state_dict"]
@@ -337,7 +338,6 @@ def _state_of(obj: Any) -> Any:
 def _jsonable(config: Any) -> Any:
     if isinstance(config, (dict, list, str, int, float, bool)) or config is None:
         return config
-    import msgspec
     return msgspec.to_builtins(config)
 
 

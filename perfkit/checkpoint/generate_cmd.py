@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import tiktoken
 import torch
+
+from perfkit.checkpoint.export import load_model
+from perfkit.checkpoint.layout import CheckpointError
 
 
 @torch.no_grad()
@@ -53,11 +57,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.max_new_tokens < 0 or args.top_k < 0 or args.temperature <= 0:
         parser.error("--max-new-tokens and --top-k must be >= 0, --temperature > 0")
-
-    import tiktoken
-
-    from perfkit.checkpoint.export import load_model
-    from perfkit.checkpoint.layout import CheckpointError
 
     # the tokenizer first: a wrong name fails in a second, before a large model is read
     try:

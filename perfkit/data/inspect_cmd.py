@@ -105,7 +105,7 @@ def _print_text(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--windows" in argv:  # the loader's sample-order view (another module)
+    if "--windows" in argv:  # the loader's sample-order view (another module; imported here: it needs torch)
         from perfkit.data import inspect_samples
         return inspect_samples.main(argv)
     p = argparse.ArgumentParser(prog="perfkit inspect", description=__doc__.split("\n\n")[0])

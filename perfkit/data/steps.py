@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from perfkit.data.pbin import read_pbin
+from perfkit.data.windows import num_windows
 from perfkit.errors import UserError
 
 
@@ -106,9 +108,6 @@ def training_target_from_files(paths: list[str], *, seq_len: int, micro_batch_si
 
     Reads only the headers' token counts (through the validating reader), never the tokens.
     """
-    from perfkit.data.pbin import read_pbin
-    from perfkit.data.windows import num_windows
-
     if not paths:
         raise ValueError("no .pbin files given")
     samples = sum(num_windows(read_pbin(p).num_tokens, seq_len, reuse_last_target) for p in paths)

@@ -17,13 +17,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perfkit.checkpoint import Checkpointer
+from perfkit.checkpoint.layout import CheckpointError, latest_checkpoint, resolve_checkpoint
 from perfkit.config import Config
-from perfkit.data.loader import check_val_windows
+from perfkit.data.loader import build_train_loader, build_val_loader, check_val_windows
 from perfkit.data.windows import WindowDataset, pbin_paths
 from perfkit.errors import UserError
-from perfkit.train import distributed
+from perfkit.metrics import MetricsLogger, peak_flops
+from perfkit.model import flops_per_token, parameter_count
+from perfkit.train import distributed, loop, run_folder
 from perfkit.train.distributed import Env
+from perfkit.train.faults import NonFiniteGuard
+from perfkit.train.loop import TrainParts
+from perfkit.train.optimizer import build_optimizer
+from perfkit.train.parallelize import build_loss_fn, build_model
 from perfkit.train.plan import Plan, make_plan
+from perfkit.train.preemption import PreemptionGuard
+from perfkit.train.schedules import build_scheduler
+
 
 @dataclass(frozen=True)
 class Datasets:
@@ -64,8 +75,6 @@ def open_datasets(cfg: Config, world_size: int = 1) -> Datasets:
 
 def make_run_plan(cfg: Config, env: Env, datasets: Datasets) -> Plan:
     """The plan from the config, the world size and the train windows (no tokens are read)."""
-    from perfkit.model import flops_per_token, parameter_count
-
     return make_plan(cfg, env.world_size, datasets.train.num_samples, flops_per_token=flops_per_token(cfg.model),
                      parameters=parameter_count(cfg.model),
                      non_embedding_parameters=parameter_count(cfg.model, non_embedding=True))
@@ -105,7 +114,6 @@ def check_outputs(cfg: Config) -> None:
         for p in (run_dir, run_dir / "checkpoints"):
             if p.exists() and not p.is_dir():
                 raise UserError(f"$.run.experiment_id: {p} exists and is not a folder")
-    from perfkit.checkpoint.layout import CheckpointError, latest_checkpoint, resolve_checkpoint
 
     resume, warm = (cfg.checkpoint.resume or "none").strip(), (cfg.checkpoint.warm_start or "").strip()
     if cfg.run.experiment_id and resume == "none":
@@ -140,13 +148,6 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None, datasets: 
     exactly what training runs. `loader`: a stand-in for the .pbin TrainLoader (the bench's
     synthetic batches); then no validation loader is built. `datasets`: those setup opened
     (None: opened here)."""
-    from perfkit.data.loader import build_train_loader, build_val_loader
-    from perfkit.train.faults import NonFiniteGuard
-    from perfkit.train.loop import TrainParts
-    from perfkit.train.optimizer import build_optimizer
-    from perfkit.train.parallelize import build_loss_fn, build_model
-    from perfkit.train.schedules import build_scheduler
-
     configure_backends(cfg, env)
     model = build_model(cfg.model, cfg.parallel, env.device, cfg.run.seed)
     optimizer = build_optimizer(model, cfg.optimizer, env.device)
@@ -165,11 +166,6 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None, datasets: 
 
 def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | None = None) -> int:
     """Create the process group, build everything, train; always tears the group down."""
-    from perfkit.checkpoint import Checkpointer
-    from perfkit.metrics import MetricsLogger, peak_flops
-    from perfkit.train import loop, run_folder
-    from perfkit.train.preemption import PreemptionGuard
-
     distributed.init(env, cfg.parallel)
     try:
         exp_id = cfg.run.experiment_id or run_folder.new_experiment_id(resolved)
@@ -215,8 +211,6 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | 
 def _write_run_folder(env: Env, run_dir: Path, resolved: dict) -> None:
     """Rank 0 creates the run folder and writes config.json; a failure (disk full, permissions)
     is handed to every rank so that none is left waiting in a collective."""
-    from perfkit.train import run_folder
-
     problem = None
     if env.is_main:
         try:
