@@ -39,7 +39,7 @@ import numpy as np
 import tiktoken
 
 from perfkit.bench.records import append_jsonl
-from perfkit.data.pbin import HEADER_SIZE, read_pbin
+from perfkit.formats.pbin import HEADER_SIZE, read_pbin
 
 EOT, EOT_ID = "<|endoftext|>", 50256
 DEFAULT_JSON = Path("bench/results/modalities_compare.jsonl")

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from perfkit.bench.records import append_jsonl, json_path_problem
-from perfkit.data.pack import default_workers
-from perfkit.data.pack_index_pickle import encode_index_pickle, parse_index_pickle
+from perfkit.prep.pack_cmd import default_workers
+from perfkit.formats.index_pickle import encode_index_pickle, parse_index_pickle
 
 BASELINE = r"""
 import json, multiprocessing as mp, sys, time

@@ -11,33 +11,33 @@ import sys
 
 
 def _demo(argv):
-    from perfkit import demo
-    return demo.main(argv)
+    from perfkit import demo_cmd
+    return demo_cmd.main(argv)
 
 
 def _fetch(argv):
-    from perfkit.data import fetch
-    return fetch.main(argv)
+    from perfkit.prep import fetch_cmd
+    return fetch_cmd.main(argv)
 
 
 def _pack(argv):
-    from perfkit.data import pack
-    return pack.main(argv)
+    from perfkit.prep import pack_cmd
+    return pack_cmd.main(argv)
 
 
 def _index(argv):
-    from perfkit.data import rawindex
-    return rawindex.main(argv)
+    from perfkit.prep import index_cmd
+    return index_cmd.main(argv)
 
 
 def _inspect(argv):
-    from perfkit.data import inspect_cmd
+    from perfkit import inspect_cmd
     return inspect_cmd.main(argv)
 
 
 def _train(argv):
-    from perfkit.train import main as train_main
-    return train_main.main(argv)
+    from perfkit.train import train_cmd
+    return train_cmd.main(argv)
 
 
 def _export(argv):
@@ -46,18 +46,18 @@ def _export(argv):
 
 
 def _generate(argv):
-    from perfkit.checkpoint import generate_cmd
+    from perfkit import generate_cmd
     return generate_cmd.main(argv)
 
 
 def _plot(argv):
-    from perfkit import plot
-    return plot.main(argv)
+    from perfkit import plot_cmd
+    return plot_cmd.main(argv)
 
 
 def _bench(argv):
-    from perfkit.bench import cli as bench_cli
-    return bench_cli.main(argv)
+    from perfkit.bench import bench_cmd
+    return bench_cmd.main(argv)
 
 
 # (name, one-line help, entry point); the order is the order of `perfkit --help`.

@@ -16,7 +16,7 @@ from test_train_data import make_dataset, tiny_overrides
 PLANT = '''
 import os, sys
 from perfkit.model.gpt import GPT
-from perfkit.train.main import main
+from perfkit.train.train_cmd import main
 
 forward = GPT.forward
 
@@ -35,15 +35,15 @@ sys.exit(main(sys.argv[1:]))
 def test_every_domain_error_is_a_user_error():
     from perfkit.checkpoint.layout import CheckpointError
     from perfkit.config import ConfigError
-    from perfkit.data.jsonl import BadLineError
-    from perfkit.data.pack_index_pickle import IndexPickleError
-    from perfkit.data.pack_worker import TokenOverflowError
-    from perfkit.data.pbin import PbinError
-    from perfkit.data.steps import DataTooSmallError
-    from perfkit.data.tokenizer import TokenizerError
+    from perfkit.prep.jsonl import BadLineError
+    from perfkit.formats.index_pickle import IndexPickleError
+    from perfkit.prep.pack_worker import TokenOverflowError
+    from perfkit.formats.pbin import PbinError
+    from perfkit.train.steps import DataTooSmallError
+    from perfkit.prep.tokenizer import TokenizerError
     from perfkit.data.windows import WindowError
     from perfkit.errors import UserError
-    from perfkit.plot import MetricsError
+    from perfkit.plot_cmd import MetricsError
     from perfkit.train.plan import PlanError
 
     for cls in (CheckpointError, ConfigError, BadLineError, IndexPickleError, TokenOverflowError, PbinError,
@@ -67,7 +67,7 @@ def test_value_error_in_forward_keeps_its_traceback(tmp_path, monkeypatch, capsy
 
 
 def test_missing_pbin_stays_one_line(tmp_path, capsys):
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     train, val = make_dataset(tmp_path / "data", train_docs=8, val_docs=2)
     argv = [CPU_DEBUG] + tiny_overrides(tmp_path, tmp_path / "nope.pbin", val)

@@ -23,7 +23,7 @@ import torch
 
 from perfkit.config import DataConfig
 from perfkit.data.loader import build_train_loader, build_val_loader
-from perfkit.data.pbin import write_pbin as perfkit_write_pbin
+from perfkit.formats.pbin import write_pbin as perfkit_write_pbin
 
 CPU = torch.device("cpu")
 DTYPES = {1: "<u1", 2: "<u2", 4: "<u4"}

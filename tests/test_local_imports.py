@@ -11,17 +11,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # module -> words of the sentence that gives the reason (it must appear in the file)
 ALLOWED = {
     "perfkit/cli.py": "never pays for importing torch",
-    "perfkit/demo.py": "stays torch-free",
-    "perfkit/plot.py": "optional dependency",
-    "perfkit/train/main.py": "kept out of `--help` and config errors",
-    "perfkit/data/pack_config.py": "Python 3.10",
-    "perfkit/data/pack.py": "read_raw_index",      # pack <-> rawindex import each other (issue 13 item 4)
-    "perfkit/data/rawindex.py": "default_workers",
-    "perfkit/data/inspect_cmd.py": "imported here: it needs torch",
+    "perfkit/demo_cmd.py": "stays torch-free",
+    "perfkit/plot_cmd.py": "optional dependency",
+    "perfkit/train/train_cmd.py": "kept out of `--help` and config errors",
+    "perfkit/prep/pack_config.py": "Python 3.10",
+    "perfkit/prep/pack_cmd.py": "read_raw_index",      # pack <-> rawindex import each other (issue 13 item 4)
+    "perfkit/prep/index_cmd.py": "default_workers",
+    "perfkit/inspect_cmd.py": "imported here: it needs torch",
     "kernels/interpreter_compat.py": "TRITON_INTERPRET=1 only",
     "kernels/rms_norm.py": "must not import triton",
     "kernels/swiglu.py": "triton",
-    "bench/cli.py": "stays torch-free",
+    "bench/bench_cmd.py": "stays torch-free",
     "bench/records.py": "torch-free",
     "bench/kernels.py": "triton",
     "bench/train.py": "do not load torch",
@@ -53,7 +53,7 @@ def test_torch_free_commands_stay_torch_free():
     import subprocess
     import sys
 
-    code = ("import sys; from perfkit import cli; import perfkit.data.pack, perfkit.data.rawindex, "
-            "perfkit.data.inspect_cmd, perfkit.demo, perfkit.bench.pack; print('torch' in sys.modules)")
+    code = ("import sys; from perfkit import cli; import perfkit.prep.pack_cmd, perfkit.prep.index_cmd, "
+            "perfkit.inspect_cmd, perfkit.demo_cmd, perfkit.bench.pack; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -7,9 +7,9 @@ import struct
 import numpy as np
 import pytest
 
-from perfkit.data.pack_index_pickle import (IndexPickleError, encode_index_pickle, iter_index_pickle,
+from perfkit.formats.index_pickle import (IndexPickleError, encode_index_pickle, iter_index_pickle,
                                             parse_index_pickle)
-from perfkit.data.pbin import PbinError, read_pbin, token_dtype, token_width_for_vocab, write_pbin
+from perfkit.formats.pbin import PbinError, read_pbin, token_dtype, token_width_for_vocab, write_pbin
 
 
 def pairs(off, ln):
@@ -169,7 +169,7 @@ def test_truncated_index_is_refused_not_misread():
 def test_every_read_parses_the_index_of_the_file_as_it_is_now(tmp_path, monkeypatch):
     """No process-wide index cache (setup opens each file once instead): a file rewritten in
     place with other documents of the same size is read as it is now."""
-    import perfkit.data.pbin as pbin
+    import perfkit.formats.pbin as pbin
 
     path = tmp_path / "c.pbin"
     write_pbin(path, np.arange(8), np.array([5, 3]), token_width=2)

@@ -20,7 +20,7 @@ CPU_DEBUG = str(Path(__file__).resolve().parents[1] / "configs" / "cpu_debug.tom
 
 
 def train(argv: list[str], capsys) -> tuple[int, str]:
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     try:
         rc = main(argv)
@@ -40,7 +40,7 @@ def base(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished run folder `ck` with committed checkpoints at steps 1 and 2."""
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     tmp = tmp_path_factory.mktemp("trained")
     train_pbin, val_pbin = make_dataset(tmp / "data", train_docs=16, val_docs=4, doc_len=100)

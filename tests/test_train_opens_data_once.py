@@ -33,8 +33,8 @@ def _opens_of(fn, path: Path) -> int:
 
 
 def test_a_one_step_run_opens_train_and_val_once_each(tmp_path):
-    from perfkit.data.pbin import read_pbin
-    from perfkit.train.main import main
+    from perfkit.formats.pbin import read_pbin
+    from perfkit.train.train_cmd import main
 
     train, val = make_dataset(tmp_path / "data", train_docs=16, val_docs=4)
     once = {p: _opens_of(lambda: read_pbin(p), p) for p in (train, val)}  # header + index + memory map

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from perfkit.config import weights_problem
-from perfkit.data.pbin import HEADER_SIZE, read_pbin
+from perfkit.formats.pbin import HEADER_SIZE, read_pbin
 from perfkit.errors import UserError
 
 

@@ -1,6 +1,6 @@
 """The run's numbers, derived from the config and the world size before anything is built:
 batch geometry, tokens per step, the training target (the seed's number conversions, in
-perfkit.data.steps) and FLOPs per token. Printed by --dry-run and saved with the resolved config.
+perfkit.train.steps) and FLOPs per token. Printed by --dry-run and saved with the resolved config.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from perfkit.config import Config
-from perfkit.data import steps
+from perfkit.train import steps
 from perfkit.errors import UserError
 
 

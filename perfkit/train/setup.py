@@ -3,7 +3,7 @@
 Every check in `distributed.read_env`, `open_datasets`, `make_run_plan` and `check_data` runs on every
 rank on its own,
 so bad input stops all ranks with the same message before any collective. Where the ranks do not
-see the same files or config (one node's copy missing or different), main.py has them agree on the
+see the same files or config (one node's copy missing or different), train_cmd.py has them agree on the
 outcome through torchrun's store (`distributed.agree_on_setup`), so nothing waits for a rank that
 already exited.
 """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from perfkit.data.pbin import read_pbin
+from perfkit.formats.pbin import read_pbin
 from perfkit.data.windows import num_windows
 from perfkit.errors import UserError
 

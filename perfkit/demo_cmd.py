@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from perfkit.config import load_config
-from perfkit.data import fetch, pack
-from perfkit.train.main import main as train_main
+from perfkit.prep import fetch_cmd, pack_cmd
+from perfkit.train.train_cmd import main as train_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="training steps (0: the config's: 200 for cpu_debug, one epoch for tutorial)")
     args = parser.parse_args(argv)
 
-    if fetch.main(["--data-dir", str(args.data_dir)]) != 0:
+    if fetch_cmd.main(["--data-dir", str(args.data_dir)]) != 0:
         return 1
     raw, pre = args.data_dir / "raw", args.data_dir / "preprocessed"
     pre.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
         src, dst = raw / f"shakespeare_{split}.jsonl", pre / f"shakespeare_{split}.pbin"
-        rc = pack.main([str(src), "-o", str(dst), "--tokenizer", "gpt2",
+        rc = pack_cmd.main([str(src), "-o", str(dst), "--tokenizer", "gpt2",
                         "--workers", str(args.workers), "--force"])
         if rc != 0:
             return rc

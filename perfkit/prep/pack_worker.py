@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perfkit.data.jsonl import LineChunk, TextExtractor, extract_texts, read_line_chunk
-from perfkit.data.pbin import HEADER_SIZE, token_dtype
-from perfkit.data.tokenizer import TokenizerSpec, resolve_tokenizer
+from perfkit.prep.jsonl import LineChunk, TextExtractor, extract_texts, read_line_chunk
+from perfkit.formats.pbin import HEADER_SIZE, token_dtype
+from perfkit.prep.tokenizer import TokenizerSpec, resolve_tokenizer
 from perfkit.errors import UserError
 
 

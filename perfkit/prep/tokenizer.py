@@ -23,7 +23,7 @@ from pathlib import Path
 import tiktoken
 import tiktoken_ext.openai_public as public
 
-from perfkit.data.pbin import token_width_for_vocab
+from perfkit.formats.pbin import token_width_for_vocab
 from perfkit.errors import UserError
 
 # sha256 of OpenAI's published ranks files -> the tiktoken encoding they belong to (these are the

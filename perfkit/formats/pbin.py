@@ -6,7 +6,7 @@ the document index: `pickle.dumps([(byte_offset, byte_length), ...], protocol=4)
 to the data segment.
 
 Reading never unpickles with the stock loader: the index is parsed by a vectorized numpy parser of
-the exact byte stream CPython's pickler writes for a list of int 2-tuples (see pack_index_pickle.py), and
+the exact byte stream CPython's pickler writes for a list of int 2-tuples (see index_pickle.py), and
 anything else falls back to an opcode allow-list plus an Unpickler that refuses every global. The
 token segment is a zero-copy memory map.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from perfkit.atomic import write_atomic
-from perfkit.data.pack_index_pickle import (IndexPickleError, encode_index_pickle, iter_index_pickle,
+from perfkit.formats.index_pickle import (IndexPickleError, encode_index_pickle, iter_index_pickle,
                                       parse_index_pickle)
 from perfkit.errors import UserError
 
@@ -182,7 +182,7 @@ def write_pbin(path: str | os.PathLike, tokens: np.ndarray, doc_lengths_tokens: 
 
     tokens: (num_tokens,) ints, every document's tokens with its EOD, concatenated.
     doc_lengths_tokens: (num_docs,) tokens per document; they must sum to num_tokens.
-    The big-corpus path is perfkit.data.pack, which writes in parallel.
+    The big-corpus path is perfkit.prep.pack_cmd, which writes in parallel.
     """
     path = Path(path)
     dtype = token_dtype(token_width)
