@@ -23,6 +23,7 @@ import sys
 import torch
 
 from perfkit import kernels
+from perfkit.bench.records import append_jsonl, environment, json_path_problem
 
 EPS = 1e-5
 # Targets from issue 4 (percent of copy bandwidth); RMSNorm forward only for hidden >= 2048.
@@ -153,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--json", metavar="FILE", help="append one JSON line per measurement")
     args = p.parse_args(argv)
-    from perfkit.bench.records import json_path_problem
     if json_path_problem(args.json):
         p.error(json_path_problem(args.json))
     if not torch.cuda.is_available():
@@ -167,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
 def run(device: torch.device, dtype: torch.dtype, ops: list[str], rows_list: list[int],
         hidden_list: list[int], json_path: str | None = None) -> int:
     """Measure every (op, hidden, rows), print the table and the target check; 1 on a mismatch."""
-    from perfkit.bench.records import append_jsonl, environment
-
     meta = dict(environment(device), suite="kernels")
     copy = copy_gbps(device)
     print(f"{meta['device_name']}  torch {meta['torch']}  triton {meta['triton']}  "

@@ -30,6 +30,10 @@ import numpy as np
 import torch
 
 from perfkit.bench.records import append_jsonl, json_path_problem
+from perfkit.config import DataConfig
+from perfkit.data.loader import build_train_loader
+from perfkit.data.sampler import ResumableDistributedSampler
+from perfkit.data.windows import WindowDataset
 
 DEMO_PBIN = Path("data/preprocessed/shakespeare_train.pbin")
 
@@ -68,9 +72,6 @@ def _rate(fn, tokens_per_call: int, seconds: float) -> float:
 
 def bench_host(path: str, B: int, S: int, seconds: float) -> float:
     """Sampler + gather into a reused buffer: the per-batch host work of the prefetch thread."""
-    from perfkit.data.sampler import ResumableDistributedSampler
-    from perfkit.data.windows import WindowDataset
-
     ds = WindowDataset([path], S)
     sampler = ResumableDistributedSampler(ds.num_samples, rank=0, world_size=1, micro_batch_size=B, seed=0)
     out = np.empty((B, S + 1), dtype=ds.dtype)
@@ -83,9 +84,6 @@ def bench_host(path: str, B: int, S: int, seconds: float) -> float:
 
 
 def bench_loader(path: str, B: int, S: int, seconds: float, device: torch.device) -> float:
-    from perfkit.config import DataConfig
-    from perfkit.data.loader import build_train_loader
-
     ld = build_train_loader(DataConfig(train=[path]), seq_len=S, micro_batch_size=B, rank=0,
                             world_size=1, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -102,9 +100,6 @@ def bench_loader(path: str, B: int, S: int, seconds: float, device: torch.device
 
 def bench_wait_share(path: str, B: int, S: int, steps: int, device: torch.device) -> dict:
     """Share of time next_batch blocks while the GPU is busy with a stand-in training step."""
-    from perfkit.config import DataConfig
-    from perfkit.data.loader import build_train_loader
-
     ld = build_train_loader(DataConfig(train=[path]), seq_len=S, micro_batch_size=B, rank=0,
                             world_size=1, device=device)
     a = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import platform
@@ -35,8 +36,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tiktoken
 
 from perfkit.bench.records import append_jsonl
+from perfkit.formats.pbin import HEADER_SIZE, read_pbin
 
 EOT, EOT_ID = "<|endoftext|>", 50256
 DEFAULT_JSON = Path("bench/results/modalities_compare.jsonl")
@@ -120,9 +123,6 @@ def write_hf_gpt2_folder(ranks: dict[bytes, int], dst: Path) -> Path:
 
 def r50k_ranks_path() -> Path:
     """tiktoken's cached r50k_base file (loads it once so the cache is filled)."""
-    import tiktoken
-    import hashlib
-
     tiktoken.get_encoding("r50k_base")
     url = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
     cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") \
@@ -156,8 +156,6 @@ def first_diff(a: list[int], b: list[int]) -> int:
 
 def verify_tokenizer(python: Path, folder: Path, texts: list[str], work: Path) -> dict:
     """tiktoken encode_ordinary vs the HF folder (through Modalities' wrapper) on texts + EDGE_STRINGS."""
-    import tiktoken
-
     enc = tiktoken.get_encoding("r50k_base")
     allt = texts + EDGE_STRINGS
     (work / "texts.json").write_text(json.dumps(allt))
@@ -259,8 +257,6 @@ def run_round(venv: Path, corpus: Path, folder: Path, workers: int, work: Path, 
 
 def compare_pbin(mod_path: Path, perf_path: Path) -> dict:
     """Byte-for-byte; the first differing offset is placed in the Modalities file's layout."""
-    from perfkit.data.pbin import HEADER_SIZE, read_pbin
-
     a, b = np.memmap(mod_path, np.uint8, "r"), np.memmap(perf_path, np.uint8, "r")
     n, off, step = min(a.size, b.size), None, 1 << 24
     for s in range(0, n, step):

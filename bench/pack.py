@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import platform
 import re
 import resource
@@ -29,7 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from perfkit.bench.records import append_jsonl, json_path_problem
+from perfkit.prep.pack_cmd import default_workers
+from perfkit.formats.index_pickle import encode_index_pickle, parse_index_pickle
 
 BASELINE = r"""
 import json, multiprocessing as mp, sys, time
@@ -133,12 +138,6 @@ def measure(corpus: Path, workers: int, rounds: int) -> dict:
 
 def bench_index(n: int, json_out: Path | None) -> int:
     """The .pbin index codec on n documents vs the stdlib pickle it must match byte for byte."""
-    import pickle
-
-    import numpy as np
-
-    from perfkit.data.pack_index_pickle import encode_index_pickle, parse_index_pickle
-
     rng = np.random.default_rng(0)
     lengths = rng.integers(100, 3000, n) * 2          # FineWeb-like documents, 2-byte tokens
     offsets = np.cumsum(lengths) - lengths
@@ -169,8 +168,6 @@ def bench_index(n: int, json_out: Path | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from perfkit.data.pack import default_workers
-
     ap = argparse.ArgumentParser(prog="python -m perfkit.bench.pack", description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, default=Path("data/raw/shakespeare_train.jsonl"))
     ap.add_argument("--workers", type=int, default=default_workers())

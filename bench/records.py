@@ -3,6 +3,7 @@
 A number without the GPU, the torch/triton versions and the git commit that produced it cannot be
 compared with anything later, so each record gets `environment()`; `append_jsonl` writes it as one
 line (the file is an append-only log: rows from many runs and machines live side by side).
+torch and triton are imported inside the functions that read them: `perfkit bench pack` is torch-free.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ the checkout; bench/results/ holds only the records committed on purpose).
                 kernels (triton vs torch), compile (on vs off), reshard (reshard_after_forward on vs off).
 On CPU (configs/cpu_debug.toml) the numbers are tokens/s per process and MFU is n/a.
 Exit codes: 0 measured; 1 error (missing data, non-finite loss, ...); 2 bad config or arguments.
+
+torch, and the modules that import it, are imported inside the functions that use them, after the
+command line and the config are checked: `--help` and config errors do not load torch.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+from perfkit.bench.records import append_jsonl, environment, json_path_problem, percentiles
+from perfkit.config import ConfigError, load_config
+from perfkit.errors import UserError
 
 DEFAULT_CONFIG = "configs/gpt2.toml"
 
@@ -63,7 +70,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         "(put CONFIG before them)")
     args, rest = p.parse_known_args(argv)
     args.profile = args.profile or args.memory_snapshot
-    from perfkit.bench.records import json_path_problem
     if json_path_problem(args.json):
         p.error(json_path_problem(args.json))
     if args.steps < 1 or args.warmup < 0 or args.profile_steps < 1:
@@ -90,18 +96,13 @@ def _release(device) -> None:
 
 
 def _gather_medians(value: float) -> list[float]:
-    import torch.distributed as dist
+    from perfkit.ranks import gather_objects
 
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [value]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return [float(v) for v in out]
+    return [float(v) for v in gather_objects(value)]
 
 
 def run_variant(args, cfg, env, env_info, peak, run_dir, variant, show_header) -> dict:
     from perfkit.bench.profile import profile_steps
-    from perfkit.bench.records import percentiles
     from perfkit.bench.train_measure import measure
     from perfkit.bench.train_parts import bench_plan, build_parts
     from perfkit.bench.train_report import header, make_record, summary
@@ -145,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, overrides = parse_args(argv)
     args.overrides_used = overrides
-    from perfkit.config import ConfigError, load_config
 
     variants = COMPARE[args.compare] if args.compare else [(None, [])]
     try:  # every variant's config is checked before anything is built
@@ -156,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from perfkit.bench.records import append_jsonl, environment
     from perfkit.bench.train_parts import with_steps
     from perfkit.metrics import peak_flops
     from perfkit.train import distributed, setup
@@ -168,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = distributed.read_env(first.run)
         if not args.synthetic:
-            setup.check_data(first)  # token ids < vocab: a bad file fails here, not as a device assert
-    except setup.SETUP_ERRORS as e:
+            setup.check_data(first, setup.open_datasets(first, env.world_size))  # token ids < vocab: a bad file fails here, not as a device assert
+    except UserError as e:
         hint = "" if args.synthetic else " (or benchmark on random tokens with --synthetic)"
         print(f"perfkit bench train: {e}{hint}", file=sys.stderr)
         return 1
@@ -207,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(compare_table(records, args.compare) + (f"\nfailed: {', '.join(failed)}" if failed else ""))
             print(f"perfkit bench train: appended {len(records)} record(s) to {json_path}", flush=True)
         return 1 if failed else 0
-    except (NonFiniteError, *setup.SETUP_ERRORS) as e:
+    except (NonFiniteError, UserError) as e:
         print(f"perfkit bench train: rank {env.rank}: {e}", file=sys.stderr)
         return 1
     finally:

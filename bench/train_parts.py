@@ -19,8 +19,11 @@ import msgspec
 import torch
 
 from perfkit.config import Config
+from perfkit.model import flops_per_token, parameter_count
+from perfkit.train import setup
 from perfkit.train.distributed import Env
 from perfkit.train.plan import Plan, batch_geometry, make_plan
+from perfkit.train.step import train_step
 
 
 class SyntheticBatches:
@@ -54,11 +57,8 @@ def with_steps(cfg: Config, total_steps: int) -> Config:
 def bench_plan(cfg: Config, env: Env, synthetic: bool) -> Plan:
     """The trainer's plan (batch geometry, FLOPs per token). With real data the .pbin headers are
     read (and must hold at least one micro-batch per rank); synthetic data has no epoch to count."""
-    from perfkit.model import flops_per_token, parameter_count
-
     if not synthetic:
-        from perfkit.train import setup
-        return setup.make_run_plan(cfg, env)
+        return setup.make_run_plan(cfg, env, setup.open_datasets(cfg, env.world_size))
     _, global_batch = batch_geometry(cfg, env.world_size)
     # synthetic tokens never run out: call the run exactly one "epoch" long
     return make_plan(cfg, env.world_size, train_samples=global_batch * max(1, cfg.training.max_steps),
@@ -88,8 +88,6 @@ class BenchParts:
 
     def step(self):
         """One optimizer step exactly as perfkit.train.loop runs it (no host sync inside)."""
-        from perfkit.train.step import train_step
-
         t = self.train
         self.steps_done += 1
         return train_step(t.model, t.optimizer, t.scheduler, t.loader.next_batch, t.loss_fn,
@@ -102,10 +100,8 @@ class BenchParts:
 
 def build_parts(cfg: Config, env: Env, plan: Plan, synthetic: bool) -> BenchParts:
     """Model, loss, optimizer, schedule and data of one rank (the process group must exist)."""
-    from perfkit.train.setup import build_train_parts
-
     loader = None
     if synthetic:
         loader = SyntheticBatches(cfg.model.vocab_size, cfg.training.micro_batch_size,
                                   cfg.model.sequence_length, env.device, env.rank)
-    return BenchParts(cfg=cfg, env=env, plan=plan, train=build_train_parts(cfg, env, plan, loader=loader))
+    return BenchParts(cfg=cfg, env=env, plan=plan, train=setup.build_train_parts(cfg, env, plan, loader=loader))

@@ -1,6 +1,6 @@
 """The train benchmark's JSON record and its console text.
 
-Numbers (design.md): tokens/s per GPU = tokens per optimizer step / world size / step time;
+Numbers (docs/architecture.md): tokens/s per GPU = tokens per optimizer step / world size / step time;
 TFLOP/s per GPU = tokens/s per GPU * FLOPs per token (6 N_non_embedding + 12 L H d S);
 MFU = TFLOP/s / dense bf16 peak of the GPU from perfkit.metrics' table - None ("n/a") when the
 device is not in it (every CPU), never a guess. Percentiles come from the per-step times:

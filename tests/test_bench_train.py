@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from perfkit.bench import cli
+from perfkit.bench import bench_cmd as cli
 from perfkit.bench.train_report import FLOPS_FORMULA
 from test_train_data import VOCAB, make_dataset
 

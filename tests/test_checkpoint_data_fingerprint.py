@@ -20,7 +20,7 @@ from test_checkpoint import TINY, TinyNet  # noqa: E402
 from perfkit.checkpoint import Checkpointer, CheckpointError  # noqa: E402
 from perfkit.checkpoint import fingerprint  # noqa: E402
 from perfkit.config import CheckpointConfig  # noqa: E402
-from perfkit.data.pbin import read_pbin, write_pbin  # noqa: E402
+from perfkit.formats.pbin import read_pbin, write_pbin  # noqa: E402
 
 
 def _pbin(path, seed, n=4000, docs=(1000, 3000)):

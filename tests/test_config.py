@@ -115,7 +115,7 @@ def test_defaults_roundtrip_through_builtins():
 
 
 def test_main_reports_bad_config_with_exit_2(capsys):
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     assert main([str(CONFIGS / "cpu_debug.toml"), "--training.max_step=1"]) == 2
     err = capsys.readouterr().err

@@ -10,8 +10,9 @@ import sys
 import pytest
 import tiktoken
 
-from perfkit.data import cli_paths, inspect_cmd, pack, rawindex
-from perfkit.data.pbin import read_pbin
+from perfkit import inspect_cmd
+from perfkit.prep import cli_paths, index_cmd as rawindex, pack_cmd as pack
+from perfkit.formats.pbin import read_pbin
 
 GOOD = [{"text": f"document number {i}"} for i in range(4)]
 BOM = "UTF-8 byte-order mark (BOM)"
@@ -154,7 +155,7 @@ def test_bad_index_options(write_jsonl, tmp_path, capsys):
     assert run_index(src, tmp_path / "o.idx", "--workers", "0") == 1   # was taken as the default
     assert "perfkit index: --workers must be >= 1, got 0" in capsys.readouterr().err
     # A key msgspec cannot follow made every pool worker fail at start: Pool restarted them forever.
-    r = subprocess.run([sys.executable, "-m", "perfkit.data.rawindex", str(src), "-o", str(tmp_path / "q.idx"),
+    r = subprocess.run([sys.executable, "-m", "perfkit.prep.index_cmd", str(src), "-o", str(tmp_path / "q.idx"),
                         "--text-key", '."text"', "--workers", "1"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "'\"' is not supported" in r.stderr and "Traceback" not in r.stderr
     assert nothing_written(tmp_path, tmp_path / "o.idx", tmp_path / "q.idx")
@@ -215,7 +216,7 @@ def test_full_output_disk_names_the_output_and_leaves_nothing(write_jsonl, tmp_p
     process writes the index: the message names DST (not the input), exit 1, no file left."""
     import errno
 
-    from perfkit.data import pack_pipeline, pack_worker
+    from perfkit.prep import pack_pipeline, pack_worker
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

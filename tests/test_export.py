@@ -10,7 +10,7 @@ import torch
 
 from perfkit.checkpoint import Checkpointer, CheckpointError
 from perfkit.checkpoint.export import export_checkpoint, load_export, load_model
-from perfkit.checkpoint.generate_cmd import generate
+from perfkit.generate_cmd import generate
 from perfkit.cli import main as cli
 from perfkit.config import CheckpointConfig, ModelConfig
 from perfkit.model import GPT

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from perfkit.data import pack, rawindex
+from perfkit.prep import index_cmd as rawindex, pack_cmd as pack
 
 RECORDS = [{"text": "alpha"}, {"text": "Grüße 東京"}, {"text": ""}, {"text": "x <|endoftext|> y"}] * 5
 

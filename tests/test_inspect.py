@@ -6,7 +6,8 @@ import struct
 
 import numpy as np
 
-from perfkit.data import inspect_cmd, pack
+from perfkit import inspect_cmd
+from perfkit.prep import pack_cmd as pack
 
 
 def make_pbin(write_jsonl, tmp_path):
@@ -58,7 +59,7 @@ def test_broken_file_is_named(tmp_path, capsys):
 
 
 def test_windows_is_delegated(tmp_path, monkeypatch):
-    from perfkit.data import inspect_samples
+    from perfkit.data import inspect_windows_cmd as inspect_samples
     seen = []
     monkeypatch.setattr(inspect_samples, "main", lambda argv: seen.append(argv) or 7)
     assert inspect_cmd.main(["f.pbin", "--windows", "16"]) == 7 and seen == [["f.pbin", "--windows", "16"]]

@@ -1,7 +1,9 @@
-"""The dependency direction of design.md, read from the source (imports inside functions count):
+"""The dependency direction of docs/architecture.md, read from the source (imports inside functions count):
 
-cli -> train, data, bench; train -> model, data, checkpoint, metrics, config; model -> kernels;
-kernels -> torch and triton only; config -> nothing of ours; nothing imports cli or bench.
+cli -> every command module; prep (JSONL -> .pbin, torch-free) -> formats; data (.pbin -> batches)
+-> formats, config; train -> model, data, formats, checkpoint, metrics, config; model -> kernels;
+kernels -> torch and triton only; config -> errors only; formats, errors and ranks -> nothing of ours
+but errors (and atomic); prep and data never import each other; nothing imports cli or bench.
 """
 
 import ast
@@ -14,18 +16,27 @@ PACKAGES = {"perfkit": "perfkit", "kernels": "perfkit.kernels", "bench": "perfki
 # importer (module name prefix) -> perfkit parts it may import (prefixes); the first match wins
 ALLOWED = [
     ("perfkit.cli", None),                 # the front door may import anything
-    ("perfkit.demo", None),                # the README's main job drives fetch, pack and train
+    ("perfkit.demo_cmd", ("perfkit.prep", "perfkit.train", "perfkit.config")),  # fetch, pack, train
+    ("perfkit.inspect_cmd", ("perfkit.formats", "perfkit.prep", "perfkit.data", "perfkit.errors")),
+    ("perfkit.generate_cmd", ("perfkit.checkpoint", "perfkit.model", "perfkit.prep", "perfkit.config",
+                              "perfkit.errors")),
     ("perfkit.bench", None),
-    ("perfkit.config", ()),
+    ("perfkit.errors", ()),
+    ("perfkit.ranks", ()),                 # rank / world size helpers: torch.distributed only
+    ("perfkit.config", ("perfkit.errors",)),
     ("perfkit.atomic", ()),
     ("perfkit.kernels", ("perfkit.kernels",)),
-    ("perfkit.model", ("perfkit.model", "perfkit.kernels", "perfkit.config")),
-    ("perfkit.data", ("perfkit.data", "perfkit.config", "perfkit.atomic")),
-    ("perfkit.metrics", ("perfkit.config", "perfkit.atomic")),
-    ("perfkit.plot", ()),
-    ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.config", "perfkit.atomic")),
-    ("perfkit.train", ("perfkit.train", "perfkit.model", "perfkit.data", "perfkit.checkpoint",
-                       "perfkit.metrics", "perfkit.config", "perfkit.atomic")),
+    ("perfkit.model", ("perfkit.model", "perfkit.kernels", "perfkit.config", "perfkit.errors")),
+    ("perfkit.formats", ("perfkit.formats", "perfkit.atomic", "perfkit.errors")),
+    ("perfkit.prep", ("perfkit.prep", "perfkit.formats", "perfkit.atomic", "perfkit.errors")),
+    ("perfkit.data", ("perfkit.data", "perfkit.formats", "perfkit.config", "perfkit.atomic", "perfkit.errors")),
+    ("perfkit.metrics", ("perfkit.config", "perfkit.atomic", "perfkit.errors")),
+    ("perfkit.plot_cmd", ("perfkit.errors",)),
+    ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.config", "perfkit.atomic",
+                            "perfkit.errors", "perfkit.ranks")),
+    ("perfkit.train", ("perfkit.train", "perfkit.model", "perfkit.data", "perfkit.formats", "perfkit.checkpoint",
+                       "perfkit.metrics", "perfkit.config", "perfkit.atomic", "perfkit.errors",
+                       "perfkit.ranks")),
 ]
 
 
@@ -50,7 +61,8 @@ def perfkit_imports(module: str, path: Path, is_package: bool) -> set[str]:
                 base = ".".join(anchor + ([base] if base else []))
             if base.startswith("perfkit"):
                 found |= {f"{base}.{a.name}" if base in ("perfkit", "perfkit.data", "perfkit.train",
-                                                           "perfkit.model", "perfkit.checkpoint")
+                                                           "perfkit.model", "perfkit.checkpoint",
+                                                           "perfkit.prep", "perfkit.formats")
                           else base for a in node.names}
     return found
 
@@ -84,3 +96,16 @@ def test_the_rule_table_sees_the_code():
     assert len(edges) > 40
     assert any(i.startswith("perfkit.kernels") for m, e in edges.items() if m.startswith("perfkit.model") for i in e)
     assert any(i.startswith("perfkit.data") for m, e in edges.items() if m.startswith("perfkit.train") for i in e)
+
+
+def test_corpus_preparation_and_the_pbin_format_never_import_torch():
+    """prep/ and formats/ are the torch-free half (`perfkit pack` and `perfkit index` run without it)."""
+    problems = []
+    for folder in ("prep", "formats"):
+        for path in sorted((ROOT / "perfkit" / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                problems += [f"{path.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] == "torch"]
+    assert not problems, "\n".join(problems)
+    assert (ROOT / "perfkit" / "prep" / "pack_cmd.py").is_file() and (ROOT / "perfkit" / "formats" / "pbin.py").is_file()

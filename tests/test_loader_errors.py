@@ -87,7 +87,7 @@ def test_config_problems_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"\$\.data\.val: no such file"):
         build_val_loader(DataConfig(train=[str(ok)], val=[str(tmp_path / "v.pbin")]), seq_len=8,
                          micro_batch_size=1, rank=0, world_size=1, device=CPU)
-    with pytest.raises(ValueError, match=r"\$\.data\.val.*4 validation windows for 8 ranks"):
+    with pytest.raises(ValueError, match=r"\$\.data\.val.*4 validation windows of 9 tokens for 8 ranks"):
         build_val_loader(DataConfig(train=[str(ok)], val=[str(ok)]), seq_len=8, micro_batch_size=1,
                          rank=0, world_size=8, device=CPU)
 

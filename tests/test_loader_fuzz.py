@@ -1,6 +1,6 @@
 """Randomized differential tests of the training data order against an independent reference.
 
-The reference below is written from the definitions (design.md "Data formats", Modalities'
+The reference below is written from the definitions (docs/architecture.md "Data formats", Modalities'
 PackedMemMapDatasetContinuous / CombinedDataset / ResumableDistributedSampler) and never calls
 perfkit's window or sampler code. Each seed generates cases with token widths 1/2/4, 1-4 files (some
 with exactly one window), S in 1..64, both window kinds, B in 1..8, world sizes 1..4, shuffle on/off,
@@ -23,7 +23,8 @@ import torch
 
 from perfkit.config import DataConfig
 from perfkit.data.loader import build_train_loader, build_val_loader
-from perfkit.data.pbin import write_pbin as perfkit_write_pbin
+from perfkit.data.windows import WindowDataset
+from perfkit.formats.pbin import write_pbin as perfkit_write_pbin
 
 CPU = torch.device("cpu")
 DTYPES = {1: "<u1", 2: "<u2", 4: "<u4"}
@@ -398,6 +399,7 @@ def test_non_finite_mixture_weights_are_refused_by_key(tmp_path, bad):
     """Found here: NaN passes `w < 0` / `sum > 0` and gave negative per-file sample counts."""
     a = tmp_path / "a.pbin"
     write_by_hand(a, list(range(10)), 1)
-    cfg = DataConfig(train=[str(a), str(a)], train_weights=[bad, 1.0])
     with pytest.raises(ValueError, match=r"\$\.data\.train_weights must be finite"):
-        build_train_loader(cfg, seq_len=2, micro_batch_size=1, rank=0, world_size=1, device=CPU)
+        DataConfig(train=[str(a), str(a)], train_weights=[bad, 1.0])  # the one check: config and dataset
+    with pytest.raises(ValueError, match=r"\$\.data\.train_weights must be finite"):
+        WindowDataset([str(a), str(a)], 2, weights=[bad, 1.0])

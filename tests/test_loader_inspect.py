@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from perfkit.config import DataConfig
-from perfkit.data import inspect_samples
+from perfkit.data import inspect_windows_cmd as inspect_samples
 from perfkit.data.loader import build_train_loader
 
 

@@ -121,7 +121,7 @@ def test_sigkill_of_one_worker_then_resume_auto_matches_an_uninterrupted_run(tmp
 
 
 def test_resume_with_another_global_batch_says_so(tmp_path):
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     train, val = make_dataset(tmp_path / "data", train_docs=16, val_docs=4)
     base = tiny_overrides(tmp_path, train, val, **{"training.max_steps": 4, "training.micro_batch_size": 4,

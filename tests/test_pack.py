@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tiktoken
 
-from perfkit.data import pack
-from perfkit.data.pbin import read_pbin
+from perfkit.prep import pack_cmd as pack
+from perfkit.formats.pbin import read_pbin
 
 DEMO_VAL = Path(__file__).resolve().parents[1] / "data" / "raw" / "shakespeare_val.jsonl"
 
@@ -130,7 +130,7 @@ name = "gpt2"
 
 
 def test_local_tiktoken_file_known_by_sha256(write_jsonl, tmp_path):
-    from perfkit.data.fetch import R50K_URL, cached_ranks_path
+    from perfkit.prep.fetch_cmd import R50K_URL, cached_ranks_path
     src = write_jsonl(TRICKY)
     local = tmp_path / "gpt2.tiktoken"
     local.write_bytes(cached_ranks_path(R50K_URL).read_bytes())
@@ -162,7 +162,7 @@ def test_summary_line_reports_counts(write_jsonl, tmp_path, capsys):
 def test_spawned_workers_resolve_their_own_tokenizer(write_jsonl, tmp_path, monkeypatch):
     # macOS/Windows start workers with spawn: nothing is inherited, the job must be enough.
     import multiprocessing as mp
-    from perfkit.data import pack_pipeline
+    from perfkit.prep import pack_pipeline
     monkeypatch.setattr(pack_pipeline, "_mp_context", lambda: mp.get_context("spawn"))
     src = write_jsonl(TRICKY * 3)
     dst = tmp_path / "spawn.pbin"

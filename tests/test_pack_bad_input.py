@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from perfkit.data import pack
-from perfkit.data.pbin import read_pbin
+from perfkit.prep import pack_cmd as pack
+from perfkit.formats.pbin import read_pbin
 
 GOOD = [{"text": f"document number {i}"} for i in range(6)]
 

@@ -2,9 +2,9 @@
 
 The reference (written here, sharing no code with perfkit) reads the JSONL line by line, `json.loads`
 each line, takes the text field, `encode_ordinary(text) + [50256]`, and builds the .pbin as
-design.md "Data formats" says: u64 LE data length, u32 LE width 2, uint16 LE tokens, then
+docs/architecture.md "Data formats" says: u64 LE data length, u32 LE width 2, uint16 LE tokens, then
 `pickle.dumps([(byte_offset, byte_length), ...], protocol=4)`. The raw index reference is
-`(byte_offset, byte_length)` per line, '\\n' excluded and a CRLF's '\\r' kept (rawindex.py's
+`(byte_offset, byte_length)` per line, '\\n' excluded and a CRLF's '\\r' kept (index_cmd.py's
 docstring, tests/test_index.py). Bad lines are classified by the policy README.md documents.
 
 Each seed generates a small corpus (a few KB to a few hundred KB) built to stress the byte-range
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import tiktoken
 
-from perfkit.data import pack, rawindex
+from perfkit.prep import index_cmd as rawindex, pack_cmd as pack
 
 EOD = 50256
 

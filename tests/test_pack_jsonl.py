@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from perfkit.data.jsonl import (BAD_UTF8, BLANK, MALFORMED, MISSING, NOT_OBJECT, NOT_STRING, TRUNCATED,
+from perfkit.prep.jsonl import (BAD_UTF8, BLANK, MALFORMED, MISSING, NOT_OBJECT, NOT_STRING, TRUNCATED,
                                 TextExtractor, extract_texts, parse_text_key, read_line_chunk)
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tiktoken
 
-from perfkit.data.pack_messages import ReadEntries, WriteTokens
-from perfkit.data.pack_pipeline import MAX_OUTSTANDING, plan_byte_chunks, plan_index_chunks
+from perfkit.prep.pack_messages import ReadEntries, WriteTokens
+from perfkit.prep.pack_pipeline import MAX_OUTSTANDING, plan_byte_chunks, plan_index_chunks
 
 LINE = b'{"text": "a"}\n'
 # The repro had 300,000 lines; on this 2-core box the old code hung from about 1M (14 MB):

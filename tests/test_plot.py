@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from perfkit import cli, plot
+from perfkit import cli, plot_cmd as plot
 from perfkit.config import MetricsConfig
 from perfkit.metrics import MetricsLogger
 

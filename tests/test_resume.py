@@ -26,7 +26,7 @@ STEPS = 8
 def pbin(tmp_path_factory) -> Path:
     import numpy as np
 
-    from perfkit.data.pbin import write_pbin
+    from perfkit.formats.pbin import write_pbin
     path = tmp_path_factory.mktemp("data") / "train.pbin"
     tokens = np.random.default_rng(0).integers(0, 500, 40_000)
     write_pbin(path, tokens, np.array([20_000, 20_000]), 2)
@@ -211,7 +211,7 @@ def _driver(argv: list[str]) -> int:
             raise SystemExit(f"unknown kill point {where}")
         assert checkpointer.layout is layout
 
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
     return main(train_argv)
 
 

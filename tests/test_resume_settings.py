@@ -159,7 +159,7 @@ def test_trainer_resume_with_a_new_lr_trains_at_it_and_records_it(tmp_path):
     import numpy as np
     from test_resume import STEPS, logged, run_trainer, trainer_args
 
-    from perfkit.data.pbin import write_pbin
+    from perfkit.formats.pbin import write_pbin
 
     data = tmp_path / "train.pbin"
     write_pbin(data, np.random.default_rng(0).integers(0, 500, 40_000), np.array([20_000, 20_000]), 2)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from perfkit.data.pbin import write_pbin
+from perfkit.formats.pbin import write_pbin
 from perfkit.train.run_folder import config_hash, new_experiment_id
 
 

@@ -10,7 +10,7 @@ from perfkit.data.sampler import ResumableDistributedSampler, global_order, rank
 
 
 def reference_rank_samples(N, seed, epoch, skip, rank, W, shuffle=True):
-    """design.md, step by step, with Python lists (independent of the vectorized code)."""
+    """docs/architecture.md, step by step, with Python lists (independent of the vectorized code)."""
     if shuffle:
         g = torch.Generator()
         g.manual_seed(seed + epoch)

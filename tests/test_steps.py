@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from perfkit.data.steps import (DataTooSmallError, local_batches_from_samples, steps_from_samples,
+from perfkit.train.steps import (DataTooSmallError, local_batches_from_samples, steps_from_samples,
                                 steps_from_tokens, tokens_from_steps, tokens_per_step, training_target,
                                 training_target_from_files)
 

@@ -1,6 +1,6 @@
 """One-process training runs of configs/cpu_debug.toml on tiny learnable data (CPU, fp32).
 
-Each run is `perfkit.train.main.main(argv)` in this process (a world of one, gloo, FSDP2).
+Each run is `perfkit.train.train_cmd.main(argv)` in this process (a world of one, gloo, FSDP2).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ TRAIN_FIELDS = {"step", "loss", "lr", "grad_norm", "tokens_per_s_per_gpu", "tflo
 
 
 def run_main(tmp_path: Path, name: str, **overrides) -> tuple[int, Path]:
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     train, val = make_dataset(tmp_path / "data")
     argv = [CPU_DEBUG] + tiny_overrides(tmp_path, train, val, **overrides) + [f"--run.experiment_id={name}"]
@@ -89,7 +89,7 @@ def test_compiled_run(tmp_path):
 
 
 def test_dry_run_prints_resolved_config(tmp_path, capsys):
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     train, val = make_dataset(tmp_path / "data")
     rc = main([CPU_DEBUG, "--dry-run", "--training.max_steps=0"] + tiny_overrides(tmp_path, train, val))
@@ -105,7 +105,7 @@ def test_dry_run_prints_resolved_config(tmp_path, capsys):
 
 
 def test_bad_data_is_reported_before_training(tmp_path, capsys):
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     train, val = make_dataset(tmp_path / "data")
     base = tiny_overrides(tmp_path, train, val)

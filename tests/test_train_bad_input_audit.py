@@ -20,7 +20,7 @@ CPU_DEBUG = str(Path(__file__).resolve().parents[1] / "configs" / "cpu_debug.tom
 
 
 def train(argv: list[str], capsys) -> tuple[int, str]:
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     try:
         rc = main(argv)
@@ -40,7 +40,7 @@ def base(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished run folder `ck` with committed checkpoints at steps 1 and 2."""
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     tmp = tmp_path_factory.mktemp("trained")
     train_pbin, val_pbin = make_dataset(tmp / "data", train_docs=16, val_docs=4, doc_len=100)
@@ -120,13 +120,13 @@ def test_short_validation_data_fails_before_the_run_folder(tmp_path, base, capsy
 
 def test_fewer_validation_windows_than_ranks(tmp_path):
     from perfkit.config import load_config
-    from perfkit.train.setup import check_data
+    from perfkit.train.setup import open_datasets
 
     one = write_pbin(tmp_path / "one.pbin", [np.arange(70) % 200])  # exactly one window
     # (the train file too: CI has not packed the demo data cpu_debug.toml points at)
     cfg = load_config(CPU_DEBUG, [f'--data.train=["{one}"]', f'--data.val=["{one}"]', "--model.vocab_size=256"])
     with pytest.raises(ValueError, match=r"\$\.data\.val: 1 validation windows of 65 tokens for 2 ranks"):
-        check_data(cfg, world_size=2)
+        open_datasets(cfg, world_size=2)
 
 
 def test_missing_resume_and_warm_start_paths_name_the_key(tmp_path, base, capsys):

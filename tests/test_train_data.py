@@ -1,5 +1,5 @@
 """Tiny learnable .pbin files for the trainer tests (written here, byte by byte, in the format of
-design.md), plus a check that the data reader accepts them."""
+docs/architecture.md), plus a check that the data reader accepts them."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def tiny_overrides(folder: Path, train: Path, val: Path, **extra) -> list[str]:
 
 
 def test_tiny_pbin_is_readable(tmp_path):
-    from perfkit.data.pbin import read_pbin
+    from perfkit.formats.pbin import read_pbin
 
     train, _ = make_dataset(tmp_path, train_docs=4, val_docs=2, doc_len=50)
     f = read_pbin(train)

@@ -1,4 +1,4 @@
-"""Window math and gathers checked against a literal, list-slicing reading of design.md."""
+"""Window math and gathers checked against a literal, list-slicing reading of docs/architecture.md."""
 
 import os
 import pickle
@@ -27,7 +27,7 @@ def write_pbin(path, tokens, width=2, doc_lengths=None):
 
 
 def spec_windows(tokens, S, reuse_last_target=True):
-    """design.md / Modalities, as written: list of samples of S + 1 tokens."""
+    """docs/architecture.md / Modalities, as written: list of samples of S + 1 tokens."""
     T = len(tokens)
     if reuse_last_target:
         n = (T - (S + 1)) // S + 1 if T >= S + 1 else 0

@@ -38,6 +38,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
@@ -46,8 +47,11 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict)
 
 from perfkit.checkpoint import fingerprint, layout, safe_metadata, state
+from perfkit.checkpoint.export import load_export
 from perfkit.checkpoint.layout import CheckpointError
 from perfkit.checkpoint.safe_metadata import read_metadata
+# call sites keep their short private names; the helpers themselves live in perfkit/ranks.py
+from perfkit.ranks import gather_objects as _gather, is_distributed as _distributed, rank as _rank, world_size as _world
 
 TRAIN_STATE = "train_state.pt"
 CONFIG_JSON = "config.json"
@@ -347,7 +351,6 @@ class Checkpointer:
 
     def _load_weights_only(self, target: Path) -> None:
         if target.is_file():
-            from perfkit.checkpoint.export import load_export
             exported = load_export(target)
             self._check_model_config(target, exported["model_config"], strict=False)
             full = exported["state_dict"]
@@ -376,35 +379,14 @@ def _state_of(obj: Any) -> Any:
 def _jsonable(config: Any) -> Any:
     if isinstance(config, (dict, list, str, int, float, bool)) or config is None:
         return config
-    import msgspec
     return msgspec.to_builtins(config)
 
 
 # ---- thin collective helpers: each works without torch.distributed initialized ---------------
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank(group) -> int:
-    return dist.get_rank(group) if _distributed() else 0
-
-
-def _world(group) -> int:
-    return dist.get_world_size(group) if _distributed() else 1
-
-
 def _barrier(group) -> None:
     if _distributed():
         dist.barrier(group=group)
-
-
-def _gather(obj: Any, group) -> list[Any]:
-    if not _distributed():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(out, obj, group=group)
-    return out
 
 
 def _all_succeed(work, group):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from perfkit.atomic import atomic_output
 from perfkit.checkpoint import layout, safe_metadata
 from perfkit.checkpoint.layout import CheckpointError
 from perfkit.checkpoint.safe_metadata import read_metadata
+from perfkit.config import ModelConfig
+from perfkit.model import GPT
 
 FORMAT = "perfkit-export-v1"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -91,7 +94,6 @@ def load_export(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str,
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         # torch's messages run over many lines and advise weights_only=False (unsafe): say it plainly
-        import pickle
         if isinstance(e, pickle.UnpicklingError):
             why = "not a torch.save file, or it holds objects that a safe (weights-only) load refuses"
         elif Path(path).is_file() and Path(path).stat().st_size == 0:
@@ -113,9 +115,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     Returns (model, info) with info = {"model_config", "step", "source"}. Triton kernels are
     switched to the PyTorch reference off CUDA (kernels do not change the weights).
     """
-    from perfkit.config import ModelConfig
-    from perfkit.model import GPT
-
     p = Path(path)
     if p.is_file():
         blob = load_export(p)

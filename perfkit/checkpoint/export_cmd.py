@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from perfkit.checkpoint.export import export_checkpoint, refuse_output_inside
+from perfkit.checkpoint.layout import CheckpointError, resolve_checkpoint
 
 
 def main(argv: list[str]) -> int:
@@ -18,11 +22,6 @@ def main(argv: list[str]) -> int:
                         help="floating-point tensors are stored in this dtype (default bf16)")
     parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     args = parser.parse_args(argv)
-
-    from pathlib import Path
-
-    from perfkit.checkpoint.export import export_checkpoint, refuse_output_inside
-    from perfkit.checkpoint.layout import CheckpointError, resolve_checkpoint
 
     # checked before the checkpoint is read (minutes for a large model), named in plain words
     out = Path(args.output)

@@ -28,6 +28,7 @@ import shutil
 import zlib
 from pathlib import Path
 from perfkit.atomic import fsync_dir
+from perfkit.errors import UserError
 
 MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
@@ -37,7 +38,7 @@ _HASHED_RUN = re.compile(r"^.+_([0-9a-f]{8})$")
 _FORMAT = "perfkit-checkpoint-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is missing, incomplete, corrupt, or does not match the run that loads it."""
 
 

@@ -23,6 +23,7 @@ import torch
 
 from perfkit.data.sampler import ResumableDistributedSampler
 from perfkit.data.windows import WindowDataset, WindowError, pbin_paths
+from perfkit.errors import UserError
 
 # Tokens are staged in their on-disk width and widened on the device. torch >= 2.3 copies
 # uint16/uint32 tensors ("barebones" unsigned dtypes) to int64 directly; where a build cannot, the
@@ -98,10 +99,10 @@ class TrainLoader:
             epoch, consumed = int(state["epoch"]), int(state["consumed_in_epoch"])
             total = int(state.get("consumed_total", 0))
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"loader state {state!r} lacks epoch/consumed_in_epoch") from e
+            raise UserError(f"loader state {state!r} lacks epoch/consumed_in_epoch") from e
         for key, mine in (("num_samples", self.num_samples), ("seed", self.sampler.seed)):
             if key in state and int(state[key]) != mine:
-                raise ValueError(f"loader state was saved with {key}={state[key]} but the configured "
+                raise UserError(f"loader state was saved with {key}={state[key]} but the configured "
                                  f"data gives {key}={mine}; resuming would not continue the same order")
         self.close()  # prefetched batches belong to the old position
         self._epoch, self._consumed = self.sampler.normalize(epoch, consumed)
@@ -247,10 +248,8 @@ class ValLoader:
         self.dataset = dataset
         self.device = torch.device(device)
         self.micro_batch_size = micro_batch_size
+        check_val_windows(dataset, world_size)
         usable = dataset.num_samples // world_size * world_size
-        if usable == 0:
-            raise WindowError(f"$.data.val: {dataset.num_samples} validation windows for "
-                              f"{world_size} ranks; every rank needs at least one")
         self.indices = np.arange(rank, usable, world_size, dtype=np.int64)  # this rank's slice
         self.num_samples = len(self.indices)
         self.stage_dtype, self.mask = stage_dtype(dataset.files[0].token_width, self.device)
@@ -267,6 +266,13 @@ class ValLoader:
             yield widen(host.to(self.device, non_blocking=pin), self.mask)
 
 
+def check_val_windows(dataset: WindowDataset, world_size: int) -> None:
+    """Every rank needs at least one validation window (checked by setup before the process group)."""
+    if dataset.num_samples < world_size:
+        raise WindowError(f"$.data.val: {dataset.num_samples} validation windows of {dataset.seq_len + 1} "
+                          f"tokens for {world_size} ranks; every rank needs at least one")
+
+
 def _resolve(device) -> torch.device:
     """'cuda' without an index means the caller's current device; pin it before threads start."""
     device = torch.device(device)
@@ -281,11 +287,13 @@ def _dataset(paths: list[str], key: str, seq_len: int, cfg, weights=None) -> Win
 
 
 def build_train_loader(cfg, *, seq_len: int, micro_batch_size: int, rank: int, world_size: int,
-                       device: torch.device) -> TrainLoader:
-    """The training loader of one rank from the `[data]` section (a DataConfig)."""
+                       device: torch.device, dataset: WindowDataset | None = None) -> TrainLoader:
+    """The training loader of one rank from the `[data]` section (a DataConfig); `dataset`: the
+    train windows already opened from it (None: opened here)."""
     if not cfg.train:
         raise WindowError("$.data.train is empty: list at least one .pbin file")
-    dataset = _dataset(cfg.train, "$.data.train", seq_len, cfg, cfg.train_weights)
+    if dataset is None:
+        dataset = _dataset(cfg.train, "$.data.train", seq_len, cfg, cfg.train_weights)
     sampler = ResumableDistributedSampler(
         dataset.num_samples, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size,
         seed=cfg.seed, shuffle=cfg.shuffle, source="$.data.train (" + ", ".join(cfg.train) + ")")
@@ -293,10 +301,12 @@ def build_train_loader(cfg, *, seq_len: int, micro_batch_size: int, rank: int, w
 
 
 def build_val_loader(cfg, *, seq_len: int, micro_batch_size: int, rank: int, world_size: int,
-                     device: torch.device) -> ValLoader | None:
-    """One pass over all of cfg.val (files concatenated, no shuffle), or None without val files."""
+                     device: torch.device, dataset: WindowDataset | None = None) -> ValLoader | None:
+    """One pass over all of cfg.val (files concatenated, no shuffle), or None without val files;
+    `dataset`: the val windows already opened from it (None: opened here)."""
     if not cfg.val:
         return None
-    dataset = _dataset(cfg.val, "$.data.val", seq_len, cfg)
+    if dataset is None:
+        dataset = _dataset(cfg.val, "$.data.val", seq_len, cfg)
     return ValLoader(dataset, micro_batch_size=micro_batch_size, rank=rank, world_size=world_size,
                      device=device)

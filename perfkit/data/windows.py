@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from perfkit.config import weights_problem
+from perfkit.formats.pbin import HEADER_SIZE, read_pbin
+from perfkit.errors import UserError
 
-PBIN_HEADER_BYTES = 12  # u64 data length + u32 token width; the data segment starts right after
 
-
-class WindowError(ValueError):
+class WindowError(UserError):
     """A dataset that cannot give even one window (names the file or config key)."""
 
 
@@ -61,9 +62,7 @@ class TokenFile:
     """
 
     def __init__(self, path: str | os.PathLike):
-        from perfkit.data.pbin import read_pbin  # reader owns all format validation
-
-        pbin = read_pbin(path)
+        pbin = read_pbin(path)  # the reader owns all format validation
         self.path = str(pbin.path)
         self.token_width = int(pbin.token_width)
         self.num_tokens = int(pbin.num_tokens)
@@ -86,7 +85,7 @@ class TokenFile:
             raise WindowError(f"{self.path}: file changed size since it was validated "
                               f"({self._file_size} -> {size} bytes)")
         self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r",
-                                 offset=PBIN_HEADER_BYTES, shape=(self.num_tokens,))
+                                 offset=HEADER_SIZE, shape=(self.num_tokens,))
         self._pid = os.getpid()
         self._views = {}
 
@@ -123,8 +122,9 @@ class WindowDataset:
             raise WindowError(f"{config_key} is empty: no .pbin files to read")
         if seq_len < 1:
             raise WindowError(f"sequence length must be >= 1, got {seq_len}")
-        if weights is not None and len(weights) != len(paths):
-            raise WindowError(f"{config_key}: {len(weights)} weights for {len(paths)} files")
+        if weights is not None and weights_problem(weights, len(paths)):
+            key = "$.data.train_weights" if config_key == "$.data.train" else f"{config_key} weights"
+            raise WindowError(f"{key} {weights_problem(weights, len(paths))}")
         self.seq_len = seq_len
         self.reuse_last_target = reuse_last_target
         self.seed = seed
@@ -146,11 +146,6 @@ class WindowDataset:
             self.file_samples = self.file_windows.copy()  # m_i = N_i: plain concatenation
         else:
             self.weights = [float(w) for w in weights]
-            # NaN passes `w < 0` and `sum > 0` checks and inf overflows the split: both gave negative
-            # sample counts (garbage order) instead of an error, so refuse them here by key.
-            if not all(math.isfinite(w) and w >= 0 for w in self.weights) or sum(self.weights) <= 0:
-                key = "$.data.train_weights" if config_key == "$.data.train" else f"{config_key} weights"
-                raise WindowError(f"{key} must be finite, >= 0 and have a positive sum, got {self.weights}")
             self.file_samples = _allocate(total, self.weights)
             big = [f.path for f, n in zip(self.files, self.file_windows) if n >= 2 ** 31]
             if big:  # a * k must fit in int64 for the affine bijection

@@ -1,4 +1,4 @@
-"""Parameter counts and FLOPs per token (design.md: 6 * N + 12 * n_layer * n_head * head_dim * T)."""
+"""Parameter counts and FLOPs per token (docs/architecture.md: 6 * N + 12 * n_layer * n_head * head_dim * T)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Training: config -> FSDP2 model, AdamW, schedule, loader -> the step loop (see main.py for the order)."""
+"""Training: config -> FSDP2 model, AdamW, schedule, loader -> the step loop (see train_cmd.py for the order)."""

@@ -2,7 +2,7 @@
 
 import sys
 
-from perfkit.train.main import main
+from perfkit.train.train_cmd import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from perfkit import ranks
 from perfkit.config import ParallelConfig, RunConfig
+from perfkit.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,9 @@ def read_env(run: RunConfig) -> Env:
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("$.run.device = \"cuda\" but CUDA is not available (use \"cpu\" or \"auto\")")
+            raise UserError("$.run.device = \"cuda\" but CUDA is not available (use \"cpu\" or \"auto\")")
         if local >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices are visible")
+            raise UserError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices are visible")
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
@@ -125,13 +127,13 @@ def init(env: Env, par: ParallelConfig) -> None:
     """Set the device and create the default process group (idempotent)."""
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
-    if dist.is_initialized():
+    if ranks.is_distributed():
         return
     backend = par.backend
     if backend == "auto":
         backend = "nccl" if env.device.type == "cuda" else "gloo"
     if backend == "nccl" and env.device.type != "cuda":
-        raise ValueError("$.parallel.backend = \"nccl\" needs a CUDA device; use \"gloo\" or \"auto\" on CPU")
+        raise UserError("$.parallel.backend = \"nccl\" needs a CUDA device; use \"gloo\" or \"auto\" on CPU")
     kwargs: dict[str, Any] = {"backend": backend}
     if env.device.type == "cuda":
         kwargs["device_id"] = env.device  # binds NCCL to this GPU up front (no lazy init on first collective)
@@ -142,13 +144,13 @@ def init(env: Env, par: ParallelConfig) -> None:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
+    if ranks.is_distributed():
         dist.destroy_process_group()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank src's Python object on every rank (run ids, decisions made once)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if ranks.world_size() == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -157,9 +159,9 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
     """Average of a device scalar over ranks (an async-free all-reduce; read it on logging steps only)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if ranks.world_size() > 1:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.AVG if dist.get_backend() == "nccl" else dist.ReduceOp.SUM)
         if dist.get_backend() != "nccl":
-            t /= dist.get_world_size()  # gloo has no AVG
+            t /= ranks.world_size()  # gloo has no AVG
     return t

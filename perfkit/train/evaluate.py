@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from perfkit import ranks
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: torch.device,
@@ -41,7 +43,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: tor
         logits = model(inputs)                       # (B, S, V_padded)
         loss_sum += loss_fn(logits, targets).double() * n  # the loss means over non-ignored targets
         count += n
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if ranks.world_size() > 1:
         both = torch.stack([loss_sum, count])
         dist.all_reduce(both)
         loss_sum, count = both[0], both[1]

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from perfkit import ranks
+
 
 class NonFiniteError(RuntimeError):
     def __init__(self, step: int, what: str = "loss or gradient norm"):
@@ -53,7 +55,7 @@ class NonFiniteGuard:
         if grad_norm is not None:
             ok = ok & torch.isfinite(_local(grad_norm).detach().float()).all()
         bad = (~ok).to(torch.int64)
-        if _world_size() > 1:
+        if ranks.world_size() > 1:
             # the per-rank loss can differ; every rank must take the same decision (a device
             # all-reduce: queued like any other kernel, the host does not wait for it)
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
@@ -94,8 +96,3 @@ def _fused(optimizer: torch.optim.Optimizer) -> bool:
 def _local(t: torch.Tensor) -> torch.Tensor:
     # a DTensor grad norm (FSDP2 clip_grad_norm_) may be a partial sum per rank: take the full value
     return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -42,7 +42,7 @@ class Progress:
 
 @dataclass
 class TrainParts:
-    """What the loop drives; built by main.py."""
+    """What the loop drives; built by train_cmd.py."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer

@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from perfkit.config import ModelConfig, ParallelConfig
+from perfkit.model import GPT, cross_entropy_loss
 
 
 def mp_policy(par: ParallelConfig, device: torch.device, cast_inputs: bool = True) -> MixedPrecisionPolicy:
@@ -39,8 +40,6 @@ def mp_policy(par: ParallelConfig, device: torch.device, cast_inputs: bool = Tru
 def build_model(model_cfg: ModelConfig, par: ParallelConfig, device: torch.device, seed: int) -> nn.Module:
     """The sharded, initialized, (optionally) compiled GPT on `device`. Every rank calls this with
     the same seed. Needs the default process group (see distributed.init)."""
-    from perfkit.model import GPT
-
     torch.manual_seed(seed)
     if par.init_device == "cpu":
         # Whole model initialized in host memory, identically on every rank, then sharded: the
@@ -86,6 +85,4 @@ def build_loss_fn(par: ParallelConfig):
     """The training loss: perfkit.model.cross_entropy_loss, compiled when the blocks are. Compiling
     fuses the fp32 upcast of the (B, S, V) logits into the log-softmax instead of materializing
     fp32 copies of them (the largest activations of a GPT-2-sized model)."""
-    from perfkit.model import cross_entropy_loss
-
     return torch.compile(cross_entropy_loss) if par.compile else cross_entropy_loss

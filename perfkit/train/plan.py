@@ -1,6 +1,6 @@
 """The run's numbers, derived from the config and the world size before anything is built:
 batch geometry, tokens per step, the training target (the seed's number conversions, in
-perfkit.data.steps) and FLOPs per token. Printed by --dry-run and saved with the resolved config.
+perfkit.train.steps) and FLOPs per token. Printed by --dry-run and saved with the resolved config.
 """
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from perfkit.config import Config
-from perfkit.data import steps
+from perfkit.train import steps
+from perfkit.errors import UserError
 
 
-class PlanError(ValueError):
+class PlanError(UserError):
     """The batch geometry or training target cannot work (names the config keys)."""
 
 
@@ -27,7 +28,7 @@ class Plan:
     target_tokens: int             # max_steps * tokens_per_step
     train_samples: int             # windows in one epoch of $.data.train
     epochs: float                  # target samples / train samples
-    flops_per_token: float         # 6 N_non_embedding + 12 L H d S (design.md)
+    flops_per_token: float         # 6 N_non_embedding + 12 L H d S (docs/architecture.md)
     parameters: int
     non_embedding_parameters: int
 

@@ -40,6 +40,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from perfkit import ranks
+
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
@@ -58,7 +60,7 @@ class PreemptionGuard:
         self._group = group
         self._flag = torch.zeros(1, dtype=torch.int32)   # host memory: gloo reduces it on the CPU
         self._flag_host = self._flag.numpy()               # a view of it, read without a Tensor call
-        if dist.is_available() and dist.is_initialized() and group is None:
+        if ranks.is_distributed() and group is None:
             # all ranks must create the group together: doing it here, in the constructor every
             # rank runs, keeps the agreement call itself free of set-up
             if dist.get_backend() != "gloo":
@@ -91,7 +93,7 @@ class PreemptionGuard:
         if self._calls % self.check_every:
             return False
         local = 0 if self.received is None else int(self.received)
-        if not (dist.is_available() and dist.is_initialized()):
+        if not ranks.is_distributed():
             return local != 0
         self._flag_host[0] = local
         dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from perfkit.errors import UserError
 from perfkit.atomic import write_atomic
 
 
@@ -62,7 +63,7 @@ def save_resolved_config(run_dir: Path, resolved: dict[str, Any]) -> Path:
 LOCK_FILE = ".lock"
 
 
-class RunFolderBusy(ValueError):
+class RunFolderBusy(UserError):
     """Another live run holds the run folder's lock."""
 
 

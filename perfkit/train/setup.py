@@ -1,8 +1,9 @@
 """Building a run from its config: checks that need no process group, then the parts, then the loop.
 
-Every check in `distributed.read_env`, `make_run_plan` and `check_data` runs on every rank on its own,
+Every check in `distributed.read_env`, `open_datasets`, `make_run_plan` and `check_data` runs on every
+rank on its own,
 so bad input stops all ranks with the same message before any collective. Where the ranks do not
-see the same files or config (one node's copy missing or different), main.py has them agree on the
+see the same files or config (one node's copy missing or different), train_cmd.py has them agree on the
 outcome through torchrun's store (`distributed.agree_on_setup`), so nothing waits for a rank that
 already exited.
 """
@@ -10,80 +11,92 @@ already exited.
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from perfkit.config import Config, ConfigError
-from perfkit.data.pbin import read_pbin
-from perfkit.data.windows import num_windows, pbin_paths
-from perfkit.train import distributed
+from perfkit.checkpoint import Checkpointer
+from perfkit.checkpoint.layout import CheckpointError, latest_checkpoint, resolve_checkpoint
+from perfkit.config import Config
+from perfkit.data.loader import build_train_loader, build_val_loader, check_val_windows
+from perfkit.data.windows import WindowDataset, pbin_paths
+from perfkit.errors import UserError
+from perfkit.metrics import MetricsLogger, peak_flops
+from perfkit.model import flops_per_token, parameter_count
+from perfkit.train import distributed, loop, resume_settings, run_folder
 from perfkit.train.distributed import Env
+from perfkit.train.faults import NonFiniteGuard
+from perfkit.train.loop import TrainParts
+from perfkit.train.optimizer import build_optimizer
+from perfkit.train.parallelize import build_loss_fn, build_model
 from perfkit.train.plan import Plan, make_plan
+from perfkit.train.preemption import PreemptionGuard
+from perfkit.train.schedules import build_scheduler
 
-# Errors that mean "bad input": reported in one line, without a traceback.
-SETUP_ERRORS = (ConfigError, ValueError, FileNotFoundError)
+
+@dataclass(frozen=True)
+class Datasets:
+    """The run's window datasets, opened once: the plan, the data checks and the loaders share them."""
+
+    train: WindowDataset
+    val: WindowDataset | None
 
 
-def make_run_plan(cfg: Config, env: Env) -> Plan:
-    """The plan from the config, the world size and the .pbin headers (no tokens are read)."""
-    from perfkit.model import flops_per_token, parameter_count
-
-    if not cfg.data.train:
-        raise ValueError("$.data.train is empty: list at least one .pbin file "
-                         "(`perfkit demo` writes data/preprocessed/shakespeare_train.pbin)")
+def open_datasets(cfg: Config, world_size: int = 1) -> Datasets:
+    """Open $.data.train and $.data.val once each (every .pbin's header and index checked, its
+    tokens memory-mapped). The loaders' dataset checks (a file too short for one window, mixed
+    token widths, too few validation windows for the ranks) stop every rank here, before the
+    process group and the run folder exist."""
+    data, seq = cfg.data, cfg.model.sequence_length
+    if not data.train:
+        raise UserError("$.data.train is empty: list at least one .pbin file "
+                        "(`perfkit demo` writes data/preprocessed/shakespeare_train.pbin)")
     try:
-        paths = pbin_paths(cfg.data.train, "$.data.train")
-    except ValueError as e:
-        demo = any("shakespeare_" in p for p in cfg.data.train)
-        raise ValueError(f"{e}{' (`perfkit demo` writes the demo data)' if demo else ''}") from None
-    seq = cfg.model.sequence_length
-    samples = sum(num_windows(read_pbin(p).num_tokens, seq, cfg.data.reuse_last_target) for p in paths)
-    return make_plan(cfg, env.world_size, samples, flops_per_token=flops_per_token(cfg.model),
-                     parameters=parameter_count(cfg.model),
-                     non_embedding_parameters=parameter_count(cfg.model, non_embedding=True))
-
-
-def check_data(cfg: Config, chunk_tokens: int = 1 << 26, world_size: int = 1) -> None:
-    """Every token id of the train and val files must be < $.model.vocab_size (an out-of-range id
-    would crash the embedding lookup mid-run, on the GPU with a device-side assert).
-
-    Skipped for a file whose token width cannot hold an id >= vocab_size; otherwise a chunked max
-    over the memory map (about a second per GB from the page cache).
-
-    Also opens the window index space of train and val the way the loaders will (a file too short
-    for one window, mixed token widths, too few validation windows for the ranks), so that these
-    errors stop every rank here, before the process group and the run folder exist."""
-    _check_windows(cfg, world_size)
-    vocab = cfg.model.vocab_size
-    for key, paths in (("$.data.train", cfg.data.train), ("$.data.val", cfg.data.val)):
-        for p in pbin_paths(paths, key):
-            f = read_pbin(p)
-            if (1 << (8 * f.token_width)) <= vocab or f.num_tokens == 0:
-                continue
-            top = max(int(np.max(f.tokens[i:i + chunk_tokens])) for i in range(0, f.num_tokens, chunk_tokens))
-            if top >= vocab:
-                raise ValueError(f"{key}: {p} holds token id {top}, beyond $.model.vocab_size ({vocab}); "
-                                 f"was it packed with another tokenizer?")
-
-
-def _check_windows(cfg: Config, world_size: int) -> None:
-    """The loaders' own dataset checks, run early (headers only: no token is read)."""
-    from perfkit.data.windows import WindowDataset
-
-    seq, data = cfg.model.sequence_length, cfg.data
+        pbin_paths(data.train, "$.data.train")
+    except UserError as e:
+        demo = any("shakespeare_" in p for p in data.train)
+        raise UserError(f"{e}{' (`perfkit demo` writes the demo data)' if demo else ''}") from None
+    opened = {}
     for key, paths, weights in (("$.data.train", data.train, data.train_weights), ("$.data.val", data.val, None)):
         if not paths:
             continue
         try:
-            ds = WindowDataset(pbin_paths(paths, key), seq, reuse_last_target=data.reuse_last_target,
-                               weights=weights, seed=data.seed, config_key=key)
-        except ValueError as e:
-            raise ValueError(str(e) if str(e).startswith(key) else f"{key}: {e}") from None
-        if key == "$.data.val" and ds.num_samples < world_size:
-            raise ValueError(f"$.data.val: {ds.num_samples} validation windows of {seq + 1} tokens for "
-                             f"{world_size} ranks; every rank needs at least one")
+            opened[key] = WindowDataset(pbin_paths(paths, key), seq, reuse_last_target=data.reuse_last_target,
+                                        weights=weights, seed=data.seed, config_key=key)
+        except UserError as e:
+            raise UserError(str(e) if str(e).startswith(key) else f"{key}: {e}") from None
+    val = opened.get("$.data.val")
+    if val is not None:
+        check_val_windows(val, world_size)
+    return Datasets(train=opened["$.data.train"], val=val)
+
+
+def make_run_plan(cfg: Config, env: Env, datasets: Datasets) -> Plan:
+    """The plan from the config, the world size and the train windows (no tokens are read)."""
+    return make_plan(cfg, env.world_size, datasets.train.num_samples, flops_per_token=flops_per_token(cfg.model),
+                     parameters=parameter_count(cfg.model),
+                     non_embedding_parameters=parameter_count(cfg.model, non_embedding=True))
+
+
+def check_data(cfg: Config, datasets: Datasets, chunk_tokens: int = 1 << 26) -> None:
+    """Every token id of the train and val files must be < $.model.vocab_size (an out-of-range id
+    would crash the embedding lookup mid-run, on the GPU with a device-side assert).
+
+    Skipped for a file whose token width cannot hold an id >= vocab_size; otherwise a chunked max
+    over the memory map the datasets already hold (about a second per GB from the page cache)."""
+    vocab = cfg.model.vocab_size
+    for key, ds in (("$.data.train", datasets.train), ("$.data.val", datasets.val)):
+        for f in ds.files if ds is not None else ():
+            if (1 << (8 * f.token_width)) <= vocab or f.num_tokens == 0:
+                continue
+            tokens = f.tokens  # (T,) memory map
+            top = max(int(np.max(tokens[i:i + chunk_tokens])) for i in range(0, f.num_tokens, chunk_tokens))
+            if top >= vocab:
+                raise UserError(f"{key}: {f.path} holds token id {top}, beyond $.model.vocab_size ({vocab}); "
+                                f"was it packed with another tokenizer?")
 
 
 def check_outputs(cfg: Config) -> None:
@@ -96,13 +109,12 @@ def check_outputs(cfg: Config) -> None:
         probe = probe.parent  # the nearest existing ancestor decides whether mkdir can work
     if probe.exists() and not probe.is_dir():
         what = "is a file" if probe == root else f"cannot be created: {probe} is a file"
-        raise ValueError(f"$.run.root {str(root)!r} {what}; it must be a folder")
+        raise UserError(f"$.run.root {str(root)!r} {what}; it must be a folder")
     if cfg.run.experiment_id:
         run_dir = root / cfg.run.experiment_id
         for p in (run_dir, run_dir / "checkpoints"):
             if p.exists() and not p.is_dir():
-                raise ValueError(f"$.run.experiment_id: {p} exists and is not a folder")
-    from perfkit.checkpoint.layout import CheckpointError, latest_checkpoint, resolve_checkpoint
+                raise UserError(f"$.run.experiment_id: {p} exists and is not a folder")
 
     resume, warm = (cfg.checkpoint.resume or "none").strip(), (cfg.checkpoint.warm_start or "").strip()
     if cfg.run.experiment_id and resume == "none":
@@ -110,7 +122,7 @@ def check_outputs(cfg: Config) -> None:
         # the rest (keep_last): the earlier run would be lost without anyone asking for it
         newest = latest_checkpoint(root / cfg.run.experiment_id)
         if newest is not None:
-            raise ValueError(f"$.run.experiment_id: run folder {root / cfg.run.experiment_id} already holds "
+            raise UserError(f"$.run.experiment_id: run folder {root / cfg.run.experiment_id} already holds "
                              f"checkpoints (newest {newest.name}) that a fresh run would overwrite; continue "
                              f"it with --checkpoint.resume=auto, or choose another $.run.experiment_id")
     try:
@@ -121,7 +133,7 @@ def check_outputs(cfg: Config) -> None:
     except CheckpointError as e:
         key = "$.checkpoint.warm_start" if warm else "$.checkpoint.resume"
         hint = "" if warm or Path(resume).exists() else ' (it takes "none", "auto" or a checkpoint or run folder)'
-        raise ValueError(f"{key}: {e}{hint}") from None
+        raise UserError(f"{key}: {e}{hint}") from None
 
 
 def configure_backends(cfg: Config, env: Env) -> None:
@@ -133,18 +145,12 @@ def configure_backends(cfg: Config, env: Env) -> None:
         torch.backends.cuda.matmul.fp32_precision = "tf32"
 
 
-def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None):
+def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None, datasets: Datasets | None = None):
     """Model, optimizer, schedule, data, loss and non-finite guard of one rank (the process group
     must exist). The trainer and `perfkit bench` both build through here, so the benchmark times
     exactly what training runs. `loader`: a stand-in for the .pbin TrainLoader (the bench's
-    synthetic batches); then no validation loader is built."""
-    from perfkit.data.loader import build_train_loader, build_val_loader
-    from perfkit.train.faults import NonFiniteGuard
-    from perfkit.train.loop import TrainParts
-    from perfkit.train.optimizer import build_optimizer
-    from perfkit.train.parallelize import build_loss_fn, build_model
-    from perfkit.train.schedules import build_scheduler
-
+    synthetic batches); then no validation loader is built. `datasets`: those setup opened
+    (None: opened here)."""
     configure_backends(cfg, env)
     model = build_model(cfg.model, cfg.parallel, env.device, cfg.run.seed)
     optimizer = build_optimizer(model, cfg.optimizer, env.device)
@@ -153,20 +159,16 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None):
                        rank=env.rank, world_size=env.world_size, device=env.device)
     val_loader = None
     if loader is None:
-        loader = build_train_loader(cfg.data, **loader_args)
-        val_loader = build_val_loader(cfg.data, **loader_args)
+        datasets = datasets or open_datasets(cfg, env.world_size)
+        loader = build_train_loader(cfg.data, dataset=datasets.train, **loader_args)
+        val_loader = build_val_loader(cfg.data, dataset=datasets.val, **loader_args)
     return TrainParts(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
                       val_loader=val_loader, loss_fn=build_loss_fn(cfg.parallel),
                       guard=NonFiniteGuard(cfg.training.on_nonfinite))
 
 
-def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
+def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | None = None) -> int:
     """Create the process group, build everything, train; always tears the group down."""
-    from perfkit.checkpoint import Checkpointer
-    from perfkit.metrics import MetricsLogger, peak_flops
-    from perfkit.train import loop, resume_settings, run_folder
-    from perfkit.train.preemption import PreemptionGuard
-
     distributed.init(env, cfg.parallel)
     lock = None  # the run folder's flock (rank 0), held until the run ends
     try:
@@ -185,7 +187,7 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
                   f"{plan.max_steps} steps x {plan.tokens_per_step:,} tokens, grad accumulation "
                   f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}", flush=True)
 
-        parts = build_train_parts(cfg, env, plan)
+        parts = build_train_parts(cfg, env, plan, datasets=datasets)
         try:  # the loader is closed whatever fails from here on
             parts.checkpointer = Checkpointer(
                 cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
@@ -217,16 +219,12 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
 
 
 def _log_main(message: str) -> None:  # called on rank 0 only
-    import sys
-
     print(message, file=sys.stderr, flush=True)
 
 
 def _lock_run_folder(env: Env, run_dir: Path):
     """Rank 0 takes the run folder's flock (run_folder.RunLock); every rank gets the outcome, so a
     refused run stops all its ranks with the same line and none waits in a collective."""
-    from perfkit.train import run_folder
-
     lock, problem = None, None
     if env.is_main:
         try:
@@ -239,15 +237,13 @@ def _lock_run_folder(env: Env, run_dir: Path):
             problem = f"cannot lock the run folder {run_dir}: {e.strerror or e}"
     problem = distributed.broadcast_object(problem)
     if problem:
-        raise ValueError(problem)
+        raise UserError(problem)
     return lock
 
 
 def _write_run_folder(env: Env, run_dir: Path, resolved: dict) -> None:
     """Rank 0 creates the run folder and writes config.json; a failure (disk full, permissions)
     is handed to every rank so that none is left waiting in a collective."""
-    from perfkit.train import run_folder
-
     problem = None
     if env.is_main:
         try:
@@ -257,4 +253,4 @@ def _write_run_folder(env: Env, run_dir: Path, resolved: dict) -> None:
             problem = f"cannot write the run folder {run_dir}: {e.strerror or e}"
     problem = distributed.broadcast_object(problem)
     if problem:
-        raise ValueError(problem)
+        raise UserError(problem)

@@ -4,7 +4,7 @@ Names: W = world size (ranks), B = micro-batch size per rank, A = gradient-accum
 S = sequence length. One optimizer step consumes W * B * A samples = W * B * A * S target tokens.
 
 The seed computes its training target from the dataset (`num_tokens_from_packed_mem_map_dataset_continuous`):
-    samples = number of windows of the dataset           (design.md's (T - (S+1)) // S + 1)
+    samples = number of windows of the dataset           (docs/architecture.md: (T - (S+1)) // S + 1)
     steps   = samples // W // B // A                       (whole steps only; the rest is dropped)
     tokens  = steps * W * B * S * A                        (the target tokens actually trained on)
 and `num_steps_from_num_tokens` turns a token target back into steps with (tokens // S) // W // B // A.
@@ -15,8 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from perfkit.formats.pbin import read_pbin
+from perfkit.data.windows import num_windows
+from perfkit.errors import UserError
 
-class DataTooSmallError(ValueError):
+
+class DataTooSmallError(UserError):
     """The data cannot fill even one optimizer step."""
 
 
@@ -104,9 +108,6 @@ def training_target_from_files(paths: list[str], *, seq_len: int, micro_batch_si
 
     Reads only the headers' token counts (through the validating reader), never the tokens.
     """
-    from perfkit.data.pbin import read_pbin
-    from perfkit.data.windows import num_windows
-
     if not paths:
         raise ValueError("no .pbin files given")
     samples = sum(num_windows(read_pbin(p).num_tokens, seq_len, reuse_last_target) for p in paths)

@@ -26,6 +26,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perfkit.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -35,7 +37,7 @@ def install_hint() -> str:
     return f"install it with: {sys.executable} -m pip install 'matplotlib>=3.7'"
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError):
     """A metrics.jsonl that cannot be plotted; the message names the file."""
 
 

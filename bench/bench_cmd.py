@@ -6,35 +6,19 @@
     perfkit bench loader  [...]                (tokens/s served by the .pbin loader)
     perfkit bench pack    [...]                (perfkit pack vs tiktoken's own batch encoder)
 
-Each suite lives in its own module with `main(argv) -> int`; this file only picks one.
+Each suite lives in its own module with `main(argv) -> int`; this file only picks one and imports
+it then, so `perfkit bench pack` stays torch-free.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 
-def _train(argv):
-    from perfkit.bench import train
-    return train.main(argv)
-
-
-def _kernels(argv):
-    from perfkit.bench import kernels
-    return kernels.main(argv)
-
-
-def _loader(argv):
-    from perfkit.bench import loader
-    return loader.main(argv)
-
-
-def _pack(argv):
-    from perfkit.bench import pack
-    return pack.main(argv)
-
-
-SUITES = {"train": _train, "kernels": _kernels, "loader": _loader, "pack": _pack}
+# suite -> the module whose main(argv) runs it (imported only when asked for)
+SUITES = {"train": "perfkit.bench.train", "kernels": "perfkit.bench.kernels", "loader": "perfkit.bench.loader",
+          "pack": "perfkit.bench.pack"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     if argv and argv[0] in SUITES:
-        return int(SUITES[argv[0]](argv[1:]) or 0)
-    return int(_train(argv) or 0)  # `perfkit bench CONFIG ...` runs the train suite
+        return int(importlib.import_module(SUITES[argv[0]]).main(argv[1:]) or 0)
+    return int(importlib.import_module(SUITES["train"]).main(argv) or 0)  # `perfkit bench CONFIG ...`
 
 
 if __name__ == "__main__":

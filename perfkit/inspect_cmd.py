@@ -5,7 +5,7 @@ document (decoded when a tokenizer is given) and an integrity verdict. Works on 
 Modalities' files alike. Exit code 0: intact; 1: broken or unreadable.
 
 `perfkit inspect FILE --windows S ...` (the training sample order a rank receives) lives in
-perfkit/data/inspect_samples.py; this command hands such calls over unchanged.
+perfkit/data/inspect_windows_cmd.py; this command hands such calls over unchanged.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 
-from perfkit.data.pbin import PbinError, PbinFile, read_pbin
-from perfkit.data.tokenizer import DEFAULT_EOD, TokenizerError, TokenizerSpec, resolve_tokenizer
+from perfkit.formats.pbin import HEADER_SIZE, PbinError, PbinFile, read_pbin
+from perfkit.prep.tokenizer import DEFAULT_EOD, TokenizerError, TokenizerSpec, resolve_tokenizer
 
 SCAN_TOKENS = 1 << 24     # tokens per step when scanning the whole data segment (bounded memory)
 SHOW_CHARS = 600
@@ -59,7 +59,7 @@ def describe(pb: PbinFile, tokenizer=None, doc: int | None = None, eod_token: st
     report = {
         "path": str(pb.path),
         "header": {"data_bytes": pb.data_len, "token_width": pb.token_width},
-        "file_bytes": 12 + pb.data_len + pb.index_bytes,
+        "file_bytes": HEADER_SIZE + pb.data_len + pb.index_bytes,
         "index_bytes": pb.index_bytes,
         "documents": pb.num_docs,
         "tokens": pb.num_tokens,
@@ -105,9 +105,9 @@ def _print_text(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--windows" in argv:  # the loader's sample-order view (another module)
-        from perfkit.data import inspect_samples
-        return inspect_samples.main(argv)
+    if "--windows" in argv:  # the loader's sample-order view (another module; imported here: it needs torch)
+        from perfkit.data import inspect_windows_cmd
+        return inspect_windows_cmd.main(argv)
     p = argparse.ArgumentParser(prog="perfkit inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("file", help=".pbin file (perfkit's or Modalities')")
     p.add_argument("--tokenizer", help="decode with it and check EOD / vocabulary (gpt2, cl100k_base, path)")

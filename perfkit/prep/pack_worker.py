@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perfkit.data.jsonl import LineChunk, TextExtractor, extract_texts, read_line_chunk
-from perfkit.data.pack_messages import Counted, Failed, ReadLines, Stop, WriteTokens, Written
-from perfkit.data.pbin import HEADER_SIZE, token_dtype
-from perfkit.data.tokenizer import TokenizerSpec, resolve_tokenizer
+from perfkit.errors import UserError
+from perfkit.prep.jsonl import LineChunk, TextExtractor, extract_texts, read_line_chunk
+from perfkit.prep.pack_messages import Counted, Failed, ReadLines, Stop, WriteTokens, Written
+from perfkit.formats.pbin import HEADER_SIZE, token_dtype
+from perfkit.prep.tokenizer import TokenizerSpec, resolve_tokenizer
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class PackJob:
     stop_at_first_bad: bool
 
 
-class TokenOverflowError(ValueError):
+class TokenOverflowError(UserError):
     pass
 
 

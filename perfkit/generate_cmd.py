@@ -11,7 +11,11 @@ import argparse
 import math
 import sys
 
+import tiktoken
 import torch
+
+from perfkit.checkpoint.export import load_model
+from perfkit.checkpoint.layout import CheckpointError
 
 
 @torch.no_grad()
@@ -74,11 +78,6 @@ def main(argv: list[str]) -> int:
     if problem:  # before the model is read: a wrong device fails in a second
         print(f"perfkit generate: --device {args.device}: {problem}", file=sys.stderr)
         return 1
-
-    import tiktoken
-
-    from perfkit.checkpoint.export import load_model
-    from perfkit.checkpoint.layout import CheckpointError
 
     # the tokenizer first: a wrong name fails in a second, before a large model is read
     try:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
+from perfkit.errors import UserError
+
 # Reasons a line is bad, as printed in errors and the summary's skipped counts.
 BLANK = "blank line"
 MALFORMED = "malformed JSON"
@@ -35,7 +37,7 @@ REASONS = (BLANK, MALFORMED, NOT_OBJECT, MISSING, NOT_STRING, BAD_UTF8, TRUNCATE
 READ_AHEAD = 1 << 20  # bytes read at a time to finish a chunk's last line
 
 
-class BadLineError(ValueError):
+class BadLineError(UserError):
     """A bad line under --on-bad-line error: `path:line: reason`."""
 
 

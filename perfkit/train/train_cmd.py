@@ -20,6 +20,7 @@ import sys
 import traceback
 
 from perfkit.config import Config, ConfigError, config_to_dict, load_config
+from perfkit.errors import UserError
 
 EPILOG = """Overrides use the TOML keys: --training.max_steps=100 --data.train='["a.pbin", "b.pbin"]'
 --run.root=/scratch/runs (values are TOML literals; text that is not one is taken as a string).
@@ -83,13 +84,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         env = setup.distributed.read_env(cfg.run)
-        plan = setup.make_run_plan(cfg, env)
+        datasets = setup.open_datasets(cfg, env.world_size)  # every .pbin opened once, here
+        plan = setup.make_run_plan(cfg, env, datasets)
         if args.dry_run:
             print(json.dumps(resolved_config(cfg, plan), indent=2))
             return 0
         setup.check_outputs(cfg)
-        setup.check_data(cfg, world_size=env.world_size)
-    except setup.SETUP_ERRORS as e:
+        setup.check_data(cfg, datasets)
+    except UserError as e:  # bad input: one line; a bug (any other error) keeps its traceback
         if args.dry_run:
             print(f"perfkit train: {e}", file=sys.stderr)
             return 1 if not isinstance(e, ConfigError) else 2
@@ -107,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     from perfkit.train.faults import NonFiniteError
 
     try:
-        return setup.run(cfg, env, plan, resolved_config(cfg, plan))
-    except (NonFiniteError, *setup.SETUP_ERRORS) as e:  # found after the process group exists
+        return setup.run(cfg, env, plan, resolved_config(cfg, plan), datasets)
+    except (NonFiniteError, UserError) as e:  # found after the process group exists
         print(f"perfkit train: rank {env.rank}: {e}", file=sys.stderr)
         return 1
     except Exception:

@@ -18,14 +18,14 @@ import signal
 import sys
 from pathlib import Path
 
-from perfkit.data.cli_paths import check_input_file, check_output_path, output_folder
-from perfkit.data.jsonl import BadLineError, TextExtractor, parse_text_key
-from perfkit.data.pack_config import load_pack_config
-from perfkit.data.pack_pipeline import (PackAborted, PackFailed, PackStats, plan_byte_chunks,
+from perfkit.prep.cli_paths import check_input_file, check_output_path, output_folder
+from perfkit.prep.jsonl import BadLineError, TextExtractor, parse_text_key
+from perfkit.prep.pack_config import load_pack_config
+from perfkit.prep.pack_pipeline import (PackAborted, PackFailed, PackStats, plan_byte_chunks,
                                         plan_index_chunks, run_pack)
-from perfkit.data.pack_worker import PackJob
-from perfkit.data.pbin import PbinError
-from perfkit.data.tokenizer import (DEFAULT_EOD, TokenizerError, TokenizerSpec, parse_special_tokens,
+from perfkit.prep.pack_worker import PackJob
+from perfkit.formats.pbin import PbinError
+from perfkit.prep.tokenizer import (DEFAULT_EOD, TokenizerError, TokenizerSpec, parse_special_tokens,
                                     resolve_tokenizer)
 
 MIN_CHUNK = 64 << 10
@@ -139,7 +139,7 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
     else:
         chunk = min(MAX_CHUNK, max(MIN_CHUNK, size // (workers * CHUNKS_PER_WORKER) + 1))
     if settings["index"]:
-        from perfkit.data.rawindex import read_raw_index
+        from perfkit.prep.index_cmd import read_raw_index
         index = read_raw_index(settings["index"], src_size=size)   # (offsets, lengths)
         tasks = plan_index_chunks(index[1], chunk)
     else:

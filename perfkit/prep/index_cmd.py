@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from perfkit.atomic import write_atomic
-from perfkit.data.cli_paths import check_input_file, check_output_path, output_folder
-from perfkit.data.jsonl import BadLineReport, TextExtractor, extract_texts, parse_text_key, read_line_chunk
-from perfkit.data.pack_index_pickle import IndexPickleError, iter_index_pickle, parse_index_pickle
+from perfkit.prep.cli_paths import check_input_file, check_output_path, output_folder
+from perfkit.prep.jsonl import BadLineReport, TextExtractor, extract_texts, parse_text_key, read_line_chunk
+from perfkit.formats.index_pickle import IndexPickleError, iter_index_pickle, parse_index_pickle
 
 CHUNK_BYTES = 1 << 20
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_input_file(src)
         # `is None`, not `or`: --workers 0 is an error, as in pack, not the default.
-        from perfkit.data.pack import capped_workers, default_workers
+        from perfkit.prep.pack_cmd import capped_workers, default_workers
         workers = default_workers() if args.workers is None else args.workers
         if workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")

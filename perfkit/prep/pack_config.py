@@ -27,7 +27,7 @@ from typing import Literal
 
 import msgspec
 
-from perfkit.data.jsonl import parse_text_key
+from perfkit.prep.jsonl import parse_text_key
 
 
 class PackSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -20,7 +20,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perfkit.data.pbin import token_width_for_vocab
+import tiktoken
+import tiktoken_ext.openai_public as public
+
+from perfkit.formats.pbin import token_width_for_vocab
+from perfkit.errors import UserError
 
 # sha256 of OpenAI's published ranks files -> the tiktoken encoding they belong to (these are the
 # `expected_hash` values tiktoken checks downloads against).
@@ -34,7 +38,7 @@ ALIASES = {"gpt2": "r50k_base"}
 DEFAULT_EOD = "<|endoftext|>"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """The tokenizer cannot be resolved; the message says what to do."""
 
 
@@ -81,8 +85,6 @@ def parse_special_tokens(items: list[str] | None) -> tuple[tuple[str, int], ...]
 
 
 def resolve_tokenizer(spec: TokenizerSpec) -> Tokenizer:
-    import tiktoken  # deferred: `perfkit --help` must stay instant
-
     name = spec.name
     looks_like_path = name.endswith(".tiktoken") or os.sep in name or Path(name).is_file()
     if not looks_like_path:
@@ -127,8 +129,6 @@ def load_ranks(path: Path) -> tuple[dict[bytes, int], str]:
 def _builtin_definition(encoding_name: str) -> tuple[str, dict[str, int]]:
     """(pattern, special tokens) of a tiktoken built-in, taken from tiktoken itself without
     loading (or downloading) its ranks file: its constructor is called with the loader swapped."""
-    import tiktoken_ext.openai_public as public
-
     ctor = getattr(public, encoding_name, None)
     if ctor is None or not hasattr(public, "load_tiktoken_bpe"):
         raise TokenizerError(f"this tiktoken version does not define {encoding_name}; pass "

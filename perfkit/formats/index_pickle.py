@@ -23,6 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
+from perfkit.errors import UserError
+
 FRAME_SIZE_TARGET = 64 * 1024
 BATCH_SIZE = 1000          # items per MARK ... APPENDS batch (CPython's BATCHSIZE)
 MAX_VALUE = 1 << 62        # no file offset is this large; keeps offset + length inside int64
@@ -41,7 +43,7 @@ _ALLOWED_OPCODES = frozenset({
 })
 
 
-class IndexPickleError(ValueError):
+class IndexPickleError(UserError):
     """The index bytes are not a pickle of a list of non-negative int pairs."""
 
 

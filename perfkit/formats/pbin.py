@@ -1,12 +1,12 @@
 """.pbin files (Modalities' packed layout): read them safely and fast, write their header and index.
 
-Layout (design.md): bytes 0..7 data-segment length in bytes (u64 LE); bytes 8..11 token width in
+Layout (docs/architecture.md): bytes 0..7 data-segment length in bytes (u64 LE); bytes 8..11 token width in
 bytes (u32 LE); the data segment (every document's tokens + one EOD token, little-endian); then
 the document index: `pickle.dumps([(byte_offset, byte_length), ...], protocol=4)`, offsets relative
 to the data segment.
 
 Reading never unpickles with the stock loader: the index is parsed by a vectorized numpy parser of
-the exact byte stream CPython's pickler writes for a list of int 2-tuples (see pack_index_pickle.py), and
+the exact byte stream CPython's pickler writes for a list of int 2-tuples (see index_pickle.py), and
 anything else falls back to an opcode allow-list plus an Unpickler that refuses every global. The
 token segment is a zero-copy memory map.
 """
@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from perfkit.atomic import write_atomic
-from perfkit.data.pack_index_pickle import (IndexPickleError, encode_index_pickle, iter_index_pickle,
+from perfkit.formats.index_pickle import (IndexPickleError, encode_index_pickle, iter_index_pickle,
                                       parse_index_pickle)
+from perfkit.errors import UserError
 
 HEADER_SIZE = 12          # 8 bytes data length + 4 bytes token width
 VALID_WIDTHS = (1, 2, 4)
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 
-class PbinError(ValueError):
+class PbinError(UserError):
     """A .pbin file (or its index) breaks the format; the message names the file."""
 
 
@@ -135,20 +136,11 @@ def read_pbin(path: str | os.PathLike) -> PbinFile:
             if data_len % width:
                 raise PbinError(f"{path}: data segment length {data_len} is not a multiple of the "
                                 f"token width {width}")
-            # the file's identity and version: the parsed index is reused while it is unchanged
-            key = (st.st_dev, st.st_ino, size, st.st_mtime_ns, data_len, width)
-            cached = _INDEX_CACHE.get(key)
-            if cached is None:
-                f.seek(HEADER_SIZE + data_len)
-                index_raw = f.read()
+            f.seek(HEADER_SIZE + data_len)
+            index_raw = f.read()
     except OSError as e:
         raise PbinError(f"{path}: cannot read: {e.strerror or e}") from e
-    if cached is None:
-        cached = _parse_and_check_index(path, index_raw, data_len, width)
-        if len(_INDEX_CACHE) >= _INDEX_CACHE_FILES:
-            _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))  # the oldest entry
-        _INDEX_CACHE[key] = cached
-    offsets, lengths, index_bytes = cached
+    offsets, lengths, index_bytes = _parse_and_check_index(path, index_raw, data_len, width)
 
     dtype = token_dtype(width)
     if data_len:
@@ -156,12 +148,6 @@ def read_pbin(path: str | os.PathLike) -> PbinFile:
     else:  # mmap cannot map zero bytes
         tokens = np.zeros(0, dtype=dtype)
     return PbinFile(path, width, data_len, tokens, offsets, lengths, index_bytes)
-
-
-# A training start opens each file several times (plan, data checks, loaders); a 10-million-document
-# index takes seconds to parse, so the checked arrays (read-only) are kept per file version.
-_INDEX_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}
-_INDEX_CACHE_FILES = 64
 
 
 def _parse_and_check_index(path: Path, index_raw: bytes, data_len: int, width: int):
@@ -196,7 +182,7 @@ def write_pbin(path: str | os.PathLike, tokens: np.ndarray, doc_lengths_tokens: 
 
     tokens: (num_tokens,) ints, every document's tokens with its EOD, concatenated.
     doc_lengths_tokens: (num_docs,) tokens per document; they must sum to num_tokens.
-    The big-corpus path is perfkit.data.pack, which writes in parallel.
+    The big-corpus path is perfkit.prep.pack_cmd, which writes in parallel.
     """
     path = Path(path)
     dtype = token_dtype(token_width)
