@@ -172,7 +172,7 @@ def test_spawned_workers_resolve_their_own_tokenizer(write_jsonl, tmp_path, monk
 
 def test_workers_beyond_the_usable_cpus_are_capped_with_a_note(write_jsonl, tmp_path, capsys, monkeypatch):
     # 64 processes on 2 cores ran 3-6x slower, silently: now at most the usable CPUs, said in one line.
-    from perfkit.data import rawindex
+    from perfkit.prep import index_cmd as rawindex
     monkeypatch.setattr(pack, "default_workers", lambda: 2)
     started = []
     real_run, real_index = pack.run_pack, rawindex.build_raw_index

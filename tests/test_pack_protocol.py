@@ -77,12 +77,12 @@ def test_spawned_workers_read_the_index_too(write_jsonl, tmp_path, monkeypatch):
     # macOS starts workers with spawn: the index must reach them without the fork.
     import multiprocessing as mp
 
-    from perfkit.data import pack, pack_pipeline
+    from perfkit.prep import pack_cmd as pack, pack_pipeline
     monkeypatch.setattr(pack_pipeline, "_mp_context", lambda: mp.get_context("spawn"))
     src = tmp_path / "s.jsonl"
     src.write_bytes(LINE * 5000)
     idx = tmp_path / "s.idx"
-    from perfkit.data import rawindex
+    from perfkit.prep import index_cmd as rawindex
     assert rawindex.main([str(src), "-o", str(idx), "--workers", "1"]) == 0
     dst = tmp_path / "s.pbin"
     assert pack.main([str(src), "--index", str(idx), "-o", str(dst), "--tokenizer", "gpt2", "--workers", "2",

@@ -8,6 +8,10 @@ it; rank 0 chooses it and broadcasts it, so all ranks (and nodes) write into the
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import os
+import socket
 import datetime as _dt
 import hashlib
 import json
@@ -86,11 +90,6 @@ class RunLock:
         self.warning: str | None = None
 
     def acquire(self) -> "RunLock":
-        import errno
-        import fcntl
-        import os
-        import socket
-
         # the folders this lock creates (run folder first, then $.run.root's missing parents)
         self._created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,8 +114,6 @@ class RunLock:
 
     def release(self) -> None:
         """Unlock; a folder this lock created and nothing else wrote into is removed again."""
-        import os
-
         if self._fd is None:
             return
         if self._created and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
@@ -129,8 +126,6 @@ class RunLock:
 
 
 def _read_holder(fd: int) -> str:
-    import os
-
     try:
         info = json.loads(os.pread(fd, 4096, 0).decode())
         return f"host {info['host']}, pid {info['pid']}"
