@@ -10,6 +10,7 @@ already exited.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,11 +162,15 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None):
 def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
     """Create the process group, build everything, train; always tears the group down."""
     from perfkit.checkpoint import Checkpointer
-    from perfkit.metrics import MetricsLogger, peak_flops
+    from perfkit.metrics import peak_flops
     from perfkit.train import loop, run_folder
+    from perfkit.train.heartbeat import Heartbeat
     from perfkit.train.preemption import PreemptionGuard
 
     distributed.init(env, cfg.parallel)
+    # from here a signal exits at once until the first step completes (nothing to save before it);
+    # a progress line every 30 s until then (building, restoring and compiling can take minutes)
+    preemption, heartbeat = PreemptionGuard(armed=False), Heartbeat(enabled=env.is_main)
     try:
         exp_id = cfg.run.experiment_id or run_folder.new_experiment_id(resolved)
         exp_id = distributed.broadcast_object(exp_id)  # rank 0's timestamp for everyone
@@ -175,35 +180,40 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict) -> int:
                      else "fp32" + (" (bf16 applies on CUDA only)" if cfg.parallel.mixed_precision == "bf16" else ""))
         if env.is_main:
             for section, values in resolved.items():  # the resolved config, one line per section
-                print(f"config {section}: {json.dumps(values)}")
-            print(f"perfkit train: run folder {run_dir}  (tensorboard --logdir {run_dir / 'tensorboard'})")
+                print(f"config {section}: {json.dumps(values)}", file=sys.stderr)  # stderr: the run's log
+            print(f"perfkit train: run folder {run_dir}  (tensorboard --logdir {run_dir / 'tensorboard'})",
+                  file=sys.stderr)
             print(f"perfkit train: {plan.world_size} rank(s) on {env.device.type}, {plan.parameters:,} parameters, "
                   f"{plan.max_steps} steps x {plan.tokens_per_step:,} tokens, grad accumulation "
-                  f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}", flush=True)
+                  f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}",
+                  file=sys.stderr, flush=True)
 
+        heartbeat.phase("building the model")
         parts = build_train_parts(cfg, env, plan)
+        parts.heartbeat = heartbeat
         try:  # the loader is closed whatever fails from here on
             parts.checkpointer = Checkpointer(
                 cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
                 loader=parts.loader, progress=parts.progress, model_config=cfg.model, config=resolved,
                 faults=parts.guard)
+            heartbeat.phase("restoring the checkpoint")
             parts.checkpointer.restore()  # resume / warm start; mutates parts in place
             # written only now: a refused resume (other model, damaged checkpoint) must leave the
             # run folder's config.json describing the checkpoints that are in it
             _write_run_folder(env, run_dir, resolved)
             device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
-            metrics = MetricsLogger(cfg.metrics, run_dir, enabled=env.is_main, max_steps=plan.max_steps,
-                                    start_step=parts.progress.step)
+            metrics = loop.open_metrics(cfg.metrics, run_dir, env, plan.max_steps, parts.progress.step)
             try:
-                with PreemptionGuard() as preemption:
-                    parts.preemption = preemption
-                    return loop.train(parts, plan, cfg.training, env, metrics, cfg.metrics.log_every,
-                                      peak_flops(device_name))
+                parts.preemption = preemption
+                return loop.train(parts, plan, cfg.training, env, metrics, cfg.metrics.log_every,
+                                  peak_flops(device_name))
             finally:
                 metrics.close()
         finally:
             parts.loader.close()
     finally:
+        heartbeat.stop()
+        preemption.close()
         distributed.shutdown()
 
 
