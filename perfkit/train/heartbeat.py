@@ -27,13 +27,13 @@ INTERVAL_S = 30.0
 
 
 class Heartbeat:
-    def __init__(self, enabled: bool = True, interval_s: float = INTERVAL_S):
+    def __init__(self, enabled: bool = True, interval_s: float | None = None):
         self._phase = "starting"
         self._t0 = time.monotonic()
         self._done = threading.Event()
         self._thread = None
         if enabled:
-            self._thread = threading.Thread(target=self._run, args=(interval_s,), name="perfkit-heartbeat",
+            self._thread = threading.Thread(target=self._run, args=(interval_s or INTERVAL_S,), name="perfkit-heartbeat",
                                             daemon=True)
             self._thread.start()
 

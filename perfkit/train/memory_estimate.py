@@ -16,19 +16,23 @@ What it covers, per process (FSDP2 full sharding over `world_size` ranks, perfki
   accumulate over micro-batches (no reduce-scatter until the last one), else a root and two blocks'.
 - optimizer_state: AdamW's two fp32 moments of this rank's shard.
 - activations: the tensors autograd saves for backward at the configured micro-batch, per token
-  10*n_embd + 3*kv_width + 4*ffn_hidden (SwiGLU; 2*ffn_hidden for GELU) + 6 values per block and
-  3*n_embd + 3 outside them, in the compute dtype. Counted on the PyTorch reference ops
-  (tests/test_memory_estimate.py sums the saved tensors of real models against it); the Triton
-  kernels and torch.compile save no more.
-- logits: the (micro_batch, sequence, padded vocab) log-softmax that cross-entropy saves (fp32),
-  and the two fp32 gradient copies of that size alive in backward; + the bf16 logits themselves
-  in mixed precision.
+  9*n_embd + 4*ffn_hidden (SwiGLU; 2*ffn_hidden for GELU) + 6 values per block, + n_embd +
+  3*kv_width with RoPE, and
+  3*n_embd + 3 outside them, in the compute dtype, plus one block's worth more for backward's
+  working set (the gradients of the block being differentiated). Counted on the PyTorch
+  reference ops (tests/test_memory_estimate.py sums the saved tensors of real models against it);
+  the Triton kernels and torch.compile save no more.
+- logits: four fp32 (micro_batch, sequence, padded vocab) arrays: the logits, the log-softmax
+  cross-entropy saves, and the two gradients of that size in backward; + the bf16 logits in mixed
+  precision. (A compiled loss fuses some of them: then this is an upper bound.)
+Checked on CPU (tests/test_memory_estimate.py): within 15% of the peak RSS growth of real training
+steps beyond a tiny model's (which is the fixed cost of the runtime, about 170 MiB on CPU).
 Not covered (so the estimate is a lower bound of what the device must hold): the CUDA context and
-the caching allocator's slack (typically 0.5-2 GiB per GPU), the loader's prefetched batches,
-torch.compile's workspace, NCCL buffers, and temporaries inside one op.
+the caching allocator's slack (typically 0.5-2 GiB per GPU), the CPU runtime's own libraries and
+buffers, the loader's prefetched batches, torch.compile's workspace, NCCL buffers.
 
 Activation checkpointing or a fused linear + cross-entropy (later issues) change only the
-activation and logits terms: extend `_activation_values_per_token` and `_logit_bytes`.
+activation and logits terms: extend `_block_values_per_token` and `_logit_bytes`.
 """
 
 from __future__ import annotations
@@ -80,17 +84,27 @@ def _fields(m: ModelConfig) -> dict:
     return {f: getattr(m, f) for f in m.__struct_fields__}
 
 
-def _activation_values_per_token(m: ModelConfig) -> int:
-    """Values autograd saves per token of a micro-batch (see the module docstring)."""
+def _block_values_per_token(m: ModelConfig) -> int:
+    """Values autograd saves per token in one block (see the module docstring)."""
     kv_width = m.n_head_kv * (m.n_embd // m.n_head_q)
     mlp = (4 if m.activation == "swiglu" else 2) * m.ffn_hidden
-    per_block = 10 * m.n_embd + 3 * kv_width + mlp + 6
-    return m.n_layer * per_block + 3 * m.n_embd + 3
+    rope = m.n_embd + 3 * kv_width if m.positions == "rope" else 0  # the rotation's saved q/k products
+    return 9 * m.n_embd + rope + mlp + 6
+
+
+def saved_for_backward_bytes(m: ModelConfig, micro_batch_size: int, compute_bytes: int = FP32) -> int:
+    """Bytes autograd keeps from forward to backward for one micro-batch: the blocks' saved
+    tensors, the embedding/final-norm ones, and the fp32 log-softmax of the loss."""
+    from perfkit.model.accounting import padded_vocab_size
+
+    tokens = micro_batch_size * m.sequence_length
+    body = tokens * (m.n_layer * _block_values_per_token(m) + 3 * m.n_embd + 3) * compute_bytes
+    return body + tokens * padded_vocab_size(m.vocab_size) * FP32
 
 
 def _logit_bytes(tokens: int, padded_vocab: int, compute_bytes: int) -> int:
-    # saved fp32 log-softmax + its fp32 gradient + the logits' gradient, all (tokens, vocab)
-    per_value = 3 * FP32 + (compute_bytes if compute_bytes != FP32 else 0)
+    # fp32 logits, saved log-softmax, its gradient and the logits' gradient, all (tokens, vocab)
+    per_value = 4 * FP32 + (compute_bytes if compute_bytes != FP32 else 0)
     return tokens * padded_vocab * per_value
 
 
@@ -116,7 +130,8 @@ def estimate_memory(model: ModelConfig, parallel: ParallelConfig, optimizer: Opt
     grads = FP32 * shard + compute * unsharded_grads
     optim = ADAM_MOMENTS * FP32 * shard
     tokens = micro_batch_size * model.sequence_length
-    activations = tokens * _activation_values_per_token(model) * compute
+    # the blocks' saved tensors + one block's worth of backward working set
+    activations = tokens * ((model.n_layer + 1) * _block_values_per_token(model) + 3 * model.n_embd + 3) * compute
     logits = _logit_bytes(tokens, padded_vocab_size(model.vocab_size), compute)
     return MemoryEstimate(
         breakdown={"parameters": params, "gradients": grads, "optimizer_state": optim,
