@@ -164,14 +164,14 @@ def test_full_disk_under_the_metrics_stops_every_rank_with_one_line(tmp_path, da
     run_dir = tmp_path / "runs" / "test"
     target = run_dir / ("metrics.jsonl" if where == "jsonl" else "tensorboard")
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfkit train:") and "failed" in ln]
-    assert "Traceback" not in r.stderr and len(errors) == nproc, r.stderr[-3000:]
+    tracebacks = r.stderr.count("Traceback")  # under torchrun: only the launcher's own ChildFailedError
+    assert tracebacks == (0 if nproc == 1 else r.stderr.count("ChildFailedError") // 2), r.stderr[-3000:]
+    assert len(errors) == nproc, r.stderr[-3000:]
     for line in errors:
         assert f"step 5: metrics: {'rank 0: ' if nproc > 1 else ''}writing {target} failed (No space left" in line
         assert "MiB free on its filesystem" in line and "no checkpoint was attempted" in line
-    if nproc == 1:
-        assert r.returncode == 1
-    else:
-        assert r.returncode != 0 and r.stderr.count("exitcode  : 1") == 2  # torchrun's summary: both ranks
+    # every rank printed the line itself (above); torchrun exits 1 on a failed worker
+    assert r.returncode == 1
     records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]  # all parse
     assert [rec["step"] for rec in records] == [1, 2, 3, 4]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
