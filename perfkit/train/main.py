@@ -102,16 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         return _stop(INVALID, f"invalid config: {e}")
 
     from perfkit.train import setup  # imports torch; kept out of `--help` and config errors
-    from perfkit.train.memory_estimate import check_fits, estimate_memory
+    from perfkit.train.memory_estimate import check_fits, estimate_for_plan
 
     try:
         env = setup.distributed.read_env(cfg.run)
         if args.world_size is not None:
             env = dataclasses.replace(env, world_size=args.world_size, rank=0, local_rank=0)
         plan = setup.make_run_plan(cfg, env)
-        estimate = estimate_memory(cfg.model, cfg.parallel, cfg.optimizer, micro_batch_size=plan.micro_batch_size,
-                                   world_size=plan.world_size, grad_accum_steps=plan.grad_accum_steps,
-                                   device_type=env.device.type)
+        estimate = estimate_for_plan(cfg, plan, env.device.type)
         if args.dry_run:  # printed, not enforced: a pre-check may run on a login node without the GPUs
             out = resolved_config(cfg, plan)
             out["derived"]["memory_estimate"] = estimate.to_dict()

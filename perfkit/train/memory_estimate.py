@@ -139,6 +139,14 @@ def estimate_memory(model: ModelConfig, parallel: ParallelConfig, optimizer: Opt
         world_size=world_size, micro_batch_size=micro_batch_size, device_type=device_type)
 
 
+def estimate_for_plan(cfg, plan, device_type: str) -> MemoryEstimate:
+    """The estimate of a whole Config and its Plan (perfkit/train/plan.py): what `perfkit train`
+    prints and checks; `perfkit bench` can call it the same way before building its parts."""
+    return estimate_memory(cfg.model, cfg.parallel, cfg.optimizer, micro_batch_size=plan.micro_batch_size,
+                           world_size=plan.world_size, grad_accum_steps=plan.grad_accum_steps,
+                           device_type=device_type)
+
+
 def available_bytes(device) -> tuple[int, str]:
     """(bytes this process may use, where the number comes from). CUDA: the device's free memory;
     CPU: MemAvailable of the host divided by the processes torchrun starts on it (LOCAL_WORLD_SIZE)."""
