@@ -1,9 +1,9 @@
 """Training metrics: one console line, TensorBoard scalars and a metrics.jsonl record per log.
 
 Only rank 0 writes (pass enabled=False elsewhere). The console line goes to stderr, the stream of
-the whole run's log (checkpoint and preemption lines too), so a redirected log keeps their order. Every record has the same keys; values that
-cannot be known are None in JSON, "n/a" on the console and absent from TensorBoard (MFU on a GPU
-whose peak is not in the table is never guessed).
+the whole run's log (checkpoint and preemption lines too), so a redirected log keeps their order.
+Every record has the same keys; values that cannot be known are None in JSON, "n/a" on the
+console and absent from TensorBoard (MFU on a GPU whose peak is not in the table is never guessed).
 
 Throughput numbers (design.md): tokens/s per GPU is the headline; TFLOP/s per GPU =
 tokens/s per GPU * FLOPs per token; MFU = TFLOP/s / dense bf16 peak of the GPU.
@@ -65,7 +65,8 @@ def _write_failed(path: Path, e: BaseException) -> MetricsWriteError:
     text = str(e).strip()
     reason = getattr(e, "strerror", None) or (text.splitlines()[0] if text else type(e).__name__)
     try:
-        free = f"; {shutil.disk_usage(path if path.is_dir() else path.parent).free / 2**20:,.0f} MiB free on its filesystem"
+        usage = shutil.disk_usage(path if path.is_dir() else path.parent)
+        free = f"; {usage.free / 2**20:,.0f} MiB free on its filesystem"
     except OSError:
         free = ""
     return MetricsWriteError(f"writing {path} failed ({reason}{free})")

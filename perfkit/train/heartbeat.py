@@ -33,8 +33,8 @@ class Heartbeat:
         self._done = threading.Event()
         self._thread = None
         if enabled:
-            self._thread = threading.Thread(target=self._run, args=(interval_s or INTERVAL_S,), name="perfkit-heartbeat",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(interval_s or INTERVAL_S,),
+                                            name="perfkit-heartbeat", daemon=True)
             self._thread.start()
 
     def phase(self, text: str) -> None:

@@ -117,7 +117,8 @@ def _train(parts: TrainParts, plan: Plan, cfg: TrainingConfig, env: Env, metrics
            log_every: int, peak_flops: float | None) -> int:
     progress, loader = parts.progress, parts.loader
     if parts.heartbeat is not None:
-        parts.heartbeat.phase(f"in step {progress.step + 1}, the first of this process (torch.compile runs here)")
+        step_text = f"in step {progress.step + 1}, the first of this process"
+        parts.heartbeat.phase(f"{step_text} (compiling, with parallel.compile)")
     last_time, last_wait, last_tokens = time.perf_counter(), loader.time_waiting_s, progress.tokens_seen
 
     while progress.step < plan.max_steps:
