@@ -25,8 +25,9 @@ What it covers, per process (FSDP2 full sharding over `world_size` ranks, perfki
 - logits: four fp32 (micro_batch, sequence, padded vocab) arrays: the logits, the log-softmax
   cross-entropy saves, and the two gradients of that size in backward; + the bf16 logits in mixed
   precision. (A compiled loss fuses some of them: then this is an upper bound.)
-Checked on CPU (tests/test_memory_estimate.py): within 15% of the peak RSS growth of real training
-steps beyond a tiny model's (which is the fixed cost of the runtime, about 170 MiB on CPU).
+Checked on CPU (tests/test_memory_estimate.py): within 20% (measured 2-5%) of the peak growth of
+anonymous resident memory over two real training steps, beyond a tiny model's (the runtime's
+fixed cost: about 40 MiB of allocations, plus the CPU libraries' pages).
 Not covered (so the estimate is a lower bound of what the device must hold): the CUDA context and
 the caching allocator's slack (typically 0.5-2 GiB per GPU), the CPU runtime's own libraries and
 buffers, the loader's prefetched batches, torch.compile's workspace, NCCL buffers.
