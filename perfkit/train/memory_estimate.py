@@ -16,21 +16,21 @@ What it covers, per process (FSDP2 full sharding over `world_size` ranks, perfki
   accumulate over micro-batches (no reduce-scatter until the last one), else a root and two blocks'.
 - optimizer_state: AdamW's two fp32 moments of this rank's shard.
 - activations: the tensors autograd saves for backward at the configured micro-batch, per token
-  9*n_embd + 4*ffn_hidden (SwiGLU; 2*ffn_hidden for GELU) + 6 values per block, + n_embd +
-  3*kv_width with RoPE, and
-  3*n_embd + 3 outside them, in the compute dtype, plus one block's worth more for backward's
-  working set (the gradients of the block being differentiated). Counted on the PyTorch
-  reference ops (tests/test_memory_estimate.py sums the saved tensors of real models against it);
-  the Triton kernels and torch.compile save no more.
+  9*n_embd + 4*ffn_hidden (SwiGLU; 2*ffn_hidden for GELU) + 6 values per block (+ n_embd +
+  3*kv_width with RoPE) and 3*n_embd + 3 outside the blocks, in the compute dtype, plus one
+  block's worth more for backward's working set (the gradients of the block being
+  differentiated). Counted on the PyTorch reference ops (tests/test_memory_estimate.py sums the
+  saved tensors of real models against it); the Triton kernels and torch.compile are not
+  measured here (no GPU on the test machine) and are expected to save no more.
 - logits: four fp32 (micro_batch, sequence, padded vocab) arrays: the logits, the log-softmax
   cross-entropy saves, and the two gradients of that size in backward; + the bf16 logits in mixed
   precision. (A compiled loss fuses some of them: then this is an upper bound.)
 Checked on CPU (tests/test_memory_estimate.py): within 20% (measured 2-5%) of the peak growth of
 anonymous resident memory over two real training steps, beyond a tiny model's (the runtime's
 fixed cost: about 40 MiB of allocations, plus the CPU libraries' pages).
-Not covered (so the estimate is a lower bound of what the device must hold): the CUDA context and
-the caching allocator's slack (typically 0.5-2 GiB per GPU), the CPU runtime's own libraries and
-buffers, the loader's prefetched batches, torch.compile's workspace, NCCL buffers.
+Not covered (so, but for a compiled loss's logits, the estimate is a lower bound): the CUDA
+context and the caching allocator's slack (typically 0.5-2 GiB per GPU), the CPU runtime's own
+libraries and buffers, the loader's prefetched batches, torch.compile's workspace, NCCL buffers.
 
 Activation checkpointing or a fused linear + cross-entropy (later issues) change only the
 activation and logits terms: extend `_block_values_per_token` and `_logit_bytes`.
