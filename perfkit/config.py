@@ -53,6 +53,9 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self):
         _positive(self, "model", ("vocab_size", "sequence_length", "n_layer", "n_embd",
                                   "n_head_q", "n_head_kv", "ffn_hidden"))
+        if self.vocab_size > MAX_VOCAB_SIZE:
+            raise ValueError(f"$.model.vocab_size ({self.vocab_size}) is beyond {MAX_VOCAB_SIZE:,}, the most a "
+                             f".pbin token (4 bytes) can address")
         if self.n_embd % self.n_head_q:
             raise ValueError(f"$.model.n_embd ({self.n_embd}) must be divisible by $.model.n_head_q ({self.n_head_q})")
         if self.n_head_q % self.n_head_kv:
@@ -81,6 +84,20 @@ class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"$.data.train_weights {weights_problem(self.train_weights, len(self.train))}")
         if self.prefetch < 1:
             raise ValueError("$.data.prefetch must be >= 1")
+        _seed_in_range("data.seed", self.seed)
+
+
+# Seeds reach torch.Generator.manual_seed (64 bits) as seed + epoch: < 2**63 leaves room for the epoch.
+MAX_SEED = 2**63 - 1
+# A .pbin token is at most 4 bytes wide (design.md), so no id can reach a larger vocabulary.
+MAX_VOCAB_SIZE = 2**32
+# One path component is at most 255 bytes on Linux filesystems; the margin keeps room for suffixes.
+MAX_EXPERIMENT_ID_BYTES = 200
+
+
+def _seed_in_range(name: str, seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"$.{name} must be in [0, 2**63 - 1], got {seed}")
 
 
 def weights_problem(weights: list[float], num_files: int) -> str | None:
@@ -127,12 +144,17 @@ class RunConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     experiment_id: str = ""       # "": <UTC timestamp>_<8 hex of the config hash>, chosen by rank 0
     seed: int = 1234              # weight init (same on every rank); data order uses $.data.seed
     device: Literal["auto", "cuda", "cpu"] = "auto"   # auto: cuda when available
+    check_memory: bool = True     # refuse to start when the memory estimate exceeds the device's memory
 
     def __post_init__(self):
         if not self.root:
             raise ValueError("$.run.root must not be empty")
         if "/" in self.experiment_id or "\\" in self.experiment_id or self.experiment_id in (".", ".."):
             raise ValueError(f"$.run.experiment_id must be a plain folder name, got {self.experiment_id!r}")
+        if len(self.experiment_id.encode("utf-8")) > MAX_EXPERIMENT_ID_BYTES:
+            raise ValueError(f"$.run.experiment_id is {len(self.experiment_id.encode('utf-8'))} bytes long; a folder "
+                             f"name may have at most {MAX_EXPERIMENT_ID_BYTES}")
+        _seed_in_range("run.seed", self.seed)
         # a control character (NUL above all) makes every later file operation fail obscurely
         for key in ("root", "experiment_id"):
             if any(ord(c) < 32 for c in getattr(self, key)):
@@ -304,7 +326,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     if path is not None:
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            if text.startswith("\ufeff"):  # TOML forbids it; tomllib's "line 1, column 1" does not say why
+                raise ConfigError(f"{path}: starts with a UTF-8 byte-order mark (BOM), which TOML does not allow; "
+                                  f"save it as UTF-8 without BOM")
+            raw = tomllib.loads(text)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except IsADirectoryError:

@@ -1,8 +1,9 @@
 """Training metrics: one console line, TensorBoard scalars and a metrics.jsonl record per log.
 
-Only rank 0 writes (pass enabled=False elsewhere). Every record has the same keys; values that
-cannot be known are None in JSON, "n/a" on the console and absent from TensorBoard (MFU on a GPU
-whose peak is not in the table is never guessed).
+Only rank 0 writes (pass enabled=False elsewhere). The console line goes to stderr, the stream of
+the whole run's log (checkpoint and preemption lines too), so a redirected log keeps their order.
+Every record has the same keys; values that cannot be known are None in JSON, "n/a" on the
+console and absent from TensorBoard (MFU on a GPU whose peak is not in the table is never guessed).
 
 Throughput numbers (docs/architecture.md): tokens/s per GPU is the headline; TFLOP/s per GPU =
 tokens/s per GPU * FLOPs per token; MFU = TFLOP/s / dense bf16 peak of the GPU.
@@ -14,6 +15,8 @@ import json
 import math
 import os
 import resource
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,38 @@ def host_peak_rss_gib() -> float:
     return kib / 2**20
 
 
+class MetricsWriteError(RuntimeError):
+    """metrics.jsonl or the TensorBoard events could not be written (disk full, quota, I/O error):
+    the message names the file, the reason and the free space on its filesystem."""
+
+
+def _write_failed(path: Path, e: BaseException) -> MetricsWriteError:
+    text = str(e).strip()
+    reason = getattr(e, "strerror", None) or (text.splitlines()[0] if text else type(e).__name__)
+    try:
+        usage = shutil.disk_usage(path if path.is_dir() else path.parent)
+        free = f"; {usage.free / 2**20:,.0f} MiB free on its filesystem"
+    except OSError:
+        free = ""
+    return MetricsWriteError(f"writing {path} failed ({reason}{free})")
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Append `data` to the file, or leave the file as it was: a failed or short write (disk full)
+    is cut back to the old end, so metrics.jsonl never ends in a torn JSON line."""
+    end = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        try:
+            os.ftruncate(fd, end)
+        except OSError:
+            pass  # the half line is set aside as unparsable by the next resume (set_aside_records_after)
+        raise
+
+
 # Console line layout: (key, label, format). A None value prints "n/a".
 _CONSOLE = (
     ("loss", "loss", "{:.4f}"), ("lr", "lr", "{:.2e}"), ("grad_norm", "gnorm", "{:.3f}"),
@@ -97,32 +132,53 @@ class MetricsLogger:
             return
         if cfg.tensorboard:
             purge = start_step + 1 if start_step is not None and self.tensorboard_dir.exists() else None
-            self._tb = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=purge)
+            try:
+                self._tb = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=purge)
+            except OSError as e:
+                raise _write_failed(self.tensorboard_dir, e) from None
         if cfg.jsonl:
-            path = self.run_dir / "metrics.jsonl"
-            if start_step is not None:
-                set_aside_records_after(path, start_step)
-            self._jsonl = open(path, "a", encoding="utf-8")
+            path = self.jsonl_path
+            try:
+                if start_step is not None:
+                    set_aside_records_after(path, start_step)
+                self._jsonl = open(path, "ab", buffering=0)  # whole lines through _append_whole
+            except OSError as e:
+                self.close(quiet=True)
+                raise _write_failed(path, e) from None
+
+    @property
+    def jsonl_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
 
     @property
     def tensorboard_dir(self) -> Path:
         return self.run_dir / "tensorboard"
 
     def log(self, step: int, record: dict[str, Any], *, kind: str = "train") -> None:
-        """Write one record (plain Python numbers, already read from the device) everywhere."""
+        """Write one record (plain Python numbers, already read from the device) everywhere.
+
+        A write that fails raises MetricsWriteError (file, reason, free space) and closes the
+        logger: the trainer stops every rank on it (perfkit/train/loop.py)."""
         if not self.enabled:
             return
         record = {"step": step, "kind": kind, **record}
-        print(self.format_line(record), flush=True)
+        print(self.format_line(record), file=sys.stderr, flush=True)
         if self._tb is not None:
-            for key, value in record.items():
-                tag = _TB_TAGS.get(key)
-                if tag and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(tag, value, step)
-            self._tb.flush()
+            try:
+                for key, value in record.items():
+                    tag = _TB_TAGS.get(key)
+                    if tag and isinstance(value, (int, float)) and math.isfinite(value):
+                        self._tb.add_scalar(tag, value, step)
+                self._tb.flush()  # TensorBoard's writer thread re-raises its write error here
+            except OSError as e:
+                self.close(quiet=True)
+                raise _write_failed(self.tensorboard_dir, e) from None
         if self._jsonl is not None:
-            self._jsonl.write(json.dumps(record, allow_nan=True) + "\n")
-            self._jsonl.flush()
+            try:
+                _append_whole(self._jsonl.fileno(), (json.dumps(record, allow_nan=True) + "\n").encode("utf-8"))
+            except OSError as e:
+                self.close(quiet=True)
+                raise _write_failed(self.jsonl_path, e) from None
 
     def format_line(self, record: dict[str, Any]) -> str:
         total = f"/{self.max_steps}" if self.max_steps else ""
@@ -136,13 +192,18 @@ class MetricsLogger:
             parts.append(f"{label} {'n/a' if value is None else fmt.format(value)}")
         return " | ".join(parts)
 
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
+    def close(self, quiet: bool = False) -> None:
+        """Flush and close; quiet: after a failed write, ignore further errors (already reported)."""
+        tb, jsonl, self._tb, self._jsonl = self._tb, self._jsonl, None, None
+        try:
+            if tb is not None:
+                tb.close()
+        except OSError as e:
+            if not quiet:
+                raise _write_failed(self.tensorboard_dir, e) from None
+        finally:
+            if jsonl is not None:
+                jsonl.close()
 
 
 

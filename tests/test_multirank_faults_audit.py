@@ -62,10 +62,10 @@ def test_problem_seen_by_one_node_stops_every_rank_with_its_message(tmp_path, ca
     base = tiny_overrides(tmp_path, train, val, **{"training.max_steps": 3})
     if case == "file_missing_on_one_node":
         extra = [f'--data.train=["{tmp_path / "data" / "not_copied_here.pbin"}"]']
-        want, code = "rank 1: $.data.train: no such file", 1
+        want, code = "rank 1: $.data.train: no such file", 2
     else:
         extra = ["--optimizer.lr=0.001"]
-        want, code = "ranks disagree on the resolved config (optimizer.lr = 0.003 on rank 0, 0.001 on rank 1)", 1
+        want, code = "ranks disagree on the resolved config (optimizer.lr = 0.003 on rank 0, 0.001 on rank 1)", 2
     results = _two_nodes(tmp_path, base, extra)
     for rc, seconds, err in results:
         assert rc != 0 and seconds < 60, (rc, seconds, err[-2000:])
@@ -92,7 +92,7 @@ def test_sigkill_of_one_worker_then_resume_auto_matches_an_uninterrupted_run(tmp
 
     args = tiny_overrides(tmp_path, train, val, **steps) + ["--run.experiment_id=k"]
     proc = _torchrun(args)
-    for line in proc.stdout:  # the save of step 6 starts right after this line
+    for line in proc.stderr:  # the run log (stderr); the save of step 6 starts right after this line
         if line.startswith("step 6/"):
             break
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()

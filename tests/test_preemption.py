@@ -111,7 +111,7 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, pbin):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(DRIVER), "::", *trainer_args(tmp_path, "p", pbin, *steps)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    for line in proc.stdout:  # the console log: signal once training is under way
+    for line in proc.stderr:  # the run log: signal once training is under way
         if line.startswith("step 3/"):
             proc.send_signal(signal.SIGTERM)
             break

@@ -117,7 +117,7 @@ def test_full_disk_at_a_save_stops_cleanly_and_the_run_resumes(tmp_path, pbin):
     checkpoint, exit 1, no half-written folder; resume=auto then redoes steps 5-8 exactly."""
     args = trainer_args(tmp_path, "full", pbin, "--checkpoint.every_steps=4")
     r = run_trainer(args, inject=("--full-disk-at", "8"), expect=1)
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfkit train:")]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfkit train: rank 0:")]  # not the log lines
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "saving checkpoint step 8" in errors[0] and "No space left on device" in errors[0]
     assert "step_00000004, is intact" in errors[0]

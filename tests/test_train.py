@@ -109,11 +109,11 @@ def test_bad_data_is_reported_before_training(tmp_path, capsys):
 
     train, val = make_dataset(tmp_path / "data")
     base = tiny_overrides(tmp_path, train, val)
-    assert main([CPU_DEBUG] + base + ['--data.train=["missing.pbin"]']) == 1
+    assert main([CPU_DEBUG] + base + ['--data.train=["missing.pbin"]']) == 2  # bad input, before training
     assert "$.data.train: no such file missing.pbin" in capsys.readouterr().err
-    assert main([CPU_DEBUG] + base + ["--model.vocab_size=200"]) == 1  # the data holds id 255
+    assert main([CPU_DEBUG] + base + ["--model.vocab_size=200"]) == 2  # the data holds id 255
     assert "token id 255, beyond $.model.vocab_size (200)" in capsys.readouterr().err
-    assert main([CPU_DEBUG] + base + ["--training.micro_batch_size=4096", "--training.max_steps=1"]) == 1
+    assert main([CPU_DEBUG] + base + ["--training.micro_batch_size=4096", "--training.max_steps=1"]) == 2
     assert "fewer than one micro-batch per rank" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 

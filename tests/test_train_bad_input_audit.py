@@ -105,16 +105,16 @@ def test_run_root_that_is_a_file(tmp_path, base, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("mine")
     rc, err = train(base + [f"--run.root={blocker}"], capsys)
-    assert (rc, err) == (1, f"perfkit train: $.run.root '{blocker}' is a file; it must be a folder\n")
+    assert (rc, err) == (2, f"perfkit train: $.run.root '{blocker}' is a file; it must be a folder\n")
     rc, err = train(base + [f"--run.root={blocker / 'sub'}"], capsys)
-    assert rc == 1 and f"cannot be created: {blocker} is a file" in err
+    assert rc == 2 and f"cannot be created: {blocker} is a file" in err
     assert blocker.read_text() == "mine"
 
 
 def test_short_validation_data_fails_before_the_run_folder(tmp_path, base, capsys):
     short = write_pbin(tmp_path / "short.pbin", [np.arange(30) % 200])  # < one window of 65 tokens
     rc, err = train(base + [f'--data.val=["{short}"]'], capsys)
-    assert rc == 1 and err.startswith(f"perfkit train: $.data.val: {short}: 30 tokens, too few")
+    assert rc == 2 and err.startswith(f"perfkit train: $.data.val: {short}: 30 tokens, too few")
     assert not (tmp_path / "runs").exists()  # it used to fail after creating the run folder
 
 
@@ -131,10 +131,10 @@ def test_fewer_validation_windows_than_ranks(tmp_path):
 
 def test_missing_resume_and_warm_start_paths_name_the_key(tmp_path, base, capsys):
     rc, err = train(base + ["--checkpoint.resume=atuo"], capsys)
-    assert rc == 1 and "$.checkpoint.resume: checkpoint path 'atuo' does not exist" in err
+    assert rc == 2 and "$.checkpoint.resume: checkpoint path 'atuo' does not exist" in err
     assert '"none", "auto"' in err
     rc, err = train(base + [f"--checkpoint.warm_start={tmp_path / 'nope'}"], capsys)
-    assert rc == 1 and "$.checkpoint.warm_start: checkpoint path" in err
+    assert rc == 2 and "$.checkpoint.warm_start: checkpoint path" in err
     assert not (tmp_path / "runs").exists()
 
 
@@ -144,11 +144,11 @@ def test_refused_resume_keeps_config_json_and_fresh_run_does_not_overwrite(train
     run_dir, argv = _copy_run(trained, tmp_path, "keep")
     before = (run_dir / "config.json").read_bytes()
     rc, err = train(argv + ["--checkpoint.resume=auto", "--model.n_layer=3"], capsys)
-    assert rc == 1 and "different model config: n_layer: checkpoint 2, config 3" in err
+    assert rc == 2 and "different model config: n_layer: checkpoint 2, config 3" in err
     assert (run_dir / "config.json").read_bytes() == before  # it used to be rewritten with n_layer 3
     # no resume into a folder with checkpoints: they would be replaced and pruned
     rc, err = train(argv, capsys)
-    assert rc == 1 and "already holds checkpoints (newest step_00000002)" in err
+    assert rc == 2 and "already holds checkpoints (newest step_00000002)" in err
     assert "--checkpoint.resume=auto" in err
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
 
@@ -166,7 +166,7 @@ def test_auto_names_skipped_and_damaged_checkpoints(trained, tmp_path, capsys):
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     rc, err = train(argv + ["--checkpoint.resume=auto"], capsys)
-    assert rc == 1 and "is corrupt (CRC32 differs from the manifest)" in err
+    assert rc == 2 and "is corrupt (CRC32 differs from the manifest)" in err
     assert f"--checkpoint.resume={run_dir / 'checkpoints' / 'step_00000001'}" in err
 
 

@@ -102,7 +102,7 @@ def agree_on_setup(problem: tuple[int, str] | None, fingerprint: dict | None = N
                 a, b = _flat(ref), _flat(o["plan"])
                 diff = "; ".join(f"{k} = {a.get(k)} on rank 0, {b.get(k)} on rank {r}"
                                  for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
-                decision = (1, f"ranks disagree on the resolved config ({diff}); every node needs the "
+                decision = (2, f"ranks disagree on the resolved config ({diff}); every node needs the "
                                f"same config, overrides and .pbin files")
                 break
     if decision is not None:

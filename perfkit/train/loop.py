@@ -4,6 +4,11 @@ The run's mutable progress lives in one small object (`Progress`), which the che
 and restores together with the optimizer, scheduler and loader. Host-device synchronization
 happens only on logging steps (reading the loss and gradient norm), at evaluation and at
 checkpoint saves.
+
+Writing metrics is agreed like a checkpoint save: only rank 0 writes, but every rank learns the
+outcome on the logging step (the all-gather of perfkit/checkpoint/checkpointer.py's
+`_all_succeed`), so a full disk stops all ranks together with one line (MetricsWriteError)
+instead of leaving the others waiting in the next collective.
 """
 
 from __future__ import annotations
@@ -15,12 +20,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from perfkit.config import TrainingConfig
-from perfkit.metrics import MetricsLogger, host_peak_rss_gib, throughput
+from perfkit.checkpoint import CheckpointError
+from perfkit.checkpoint.checkpointer import _all_succeed as all_ranks_succeed
+from perfkit.config import MetricsConfig, TrainingConfig
+from perfkit.metrics import MetricsLogger, MetricsWriteError, host_peak_rss_gib, throughput
 from perfkit.train.distributed import Env, mean_across_ranks
 from perfkit.train.evaluate import evaluate
 from perfkit.train.plan import Plan
 from perfkit.train.step import train_step
+
+
+class TrainingError(RuntimeError):
+    """A failure after training started (a checkpoint save that failed): exit code 1, one line."""
 
 
 @dataclass
@@ -54,6 +65,7 @@ class TrainParts:
     guard: Any = None                   # perfkit.train.faults.NonFiniteGuard
     checkpointer: Any = None            # perfkit.checkpoint.Checkpointer
     preemption: Any = None              # perfkit.train.preemption.PreemptionGuard
+    heartbeat: Any = None               # perfkit.train.heartbeat.Heartbeat, stopped after the first step
 
 
 def _peak_memory_gib(device: torch.device) -> float:
@@ -62,18 +74,51 @@ def _peak_memory_gib(device: torch.device) -> float:
     return host_peak_rss_gib()
 
 
+def _agreed(work, what: str):
+    """Run rank 0's metrics work on every rank's behalf and agree on the outcome (collective)."""
+    try:
+        return all_ranks_succeed(work, None)
+    except CheckpointError as e:  # the checkpointer's agreement names the failing rank
+        reason = str(e).replace(f"{MetricsWriteError.__name__}: ", "")
+        raise MetricsWriteError(f"{what}: {reason}; training stopped, no checkpoint was attempted (the same "
+                                f"disk); free space and resume with --checkpoint.resume=auto") from None
+
+
+def open_metrics(cfg: MetricsConfig, run_dir, env: Env, max_steps: int, start_step: int) -> MetricsLogger:
+    """The run's MetricsLogger (writing on rank 0 only), its opening agreed by every rank."""
+    return _agreed(lambda: MetricsLogger(cfg, run_dir, enabled=env.is_main, max_steps=max_steps,
+                                         start_step=start_step), "opening the metrics failed")
+
+
+def _log(metrics: MetricsLogger, step: int, record: dict, kind: str = "train") -> None:
+    _agreed(lambda: metrics.log(step, record, kind=kind), f"step {step}: metrics")
+
+
 def _run_eval(parts: TrainParts, env: Env, cfg: TrainingConfig, metrics: MetricsLogger) -> float | None:
     if parts.val_loader is None:
         return None
     val = evaluate(parts.model, parts.val_loader, parts.loss_fn, env.device, cfg.eval_batches)
-    metrics.log(parts.progress.step, {"val_loss": val}, kind="val")
+    _log(metrics, parts.progress.step, {"val_loss": val}, kind="val")
     return val
 
 
 def train(parts: TrainParts, plan: Plan, cfg: TrainingConfig, env: Env, metrics: MetricsLogger,
           log_every: int, peak_flops: float | None) -> int:
-    """Train until plan.max_steps; returns the process exit code (0, or the preemption code)."""
+    """Train until plan.max_steps; returns the process exit code (0, or the preemption code).
+    Raises TrainingError for a failed checkpoint save, MetricsWriteError for a failed metrics write
+    and NonFiniteError in on_nonfinite="stop" mode, on every rank alike."""
+    try:
+        return _train(parts, plan, cfg, env, metrics, log_every, peak_flops)
+    except CheckpointError as e:
+        raise TrainingError(str(e)) from None
+
+
+def _train(parts: TrainParts, plan: Plan, cfg: TrainingConfig, env: Env, metrics: MetricsLogger,
+           log_every: int, peak_flops: float | None) -> int:
     progress, loader = parts.progress, parts.loader
+    if parts.heartbeat is not None:
+        step_text = f"in step {progress.step + 1}, the first of this process"
+        parts.heartbeat.phase(f"{step_text} (compiling, with parallel.compile)")
     last_time, last_wait, last_tokens = time.perf_counter(), loader.time_waiting_s, progress.tokens_seen
 
     while progress.step < plan.max_steps:
@@ -85,6 +130,10 @@ def train(parts: TrainParts, plan: Plan, cfg: TrainingConfig, env: Env, metrics:
         progress.tokens_seen += plan.tokens_per_step
         step = progress.step
         last = step == plan.max_steps
+        if parts.preemption is not None and not parts.preemption.armed:
+            parts.preemption.arm()  # a step completed: from now on a signal saves at the step boundary
+            if parts.heartbeat is not None:
+                parts.heartbeat.stop()
 
         if step % log_every == 0 or last:
             # The only host-device syncs of the training loop: reading the loss and grad norm here.
@@ -97,7 +146,7 @@ def train(parts: TrainParts, plan: Plan, cfg: TrainingConfig, env: Env, metrics:
             tok_s_gpu = (progress.tokens_seen - last_tokens) / elapsed / env.world_size
             tflops, mfu = throughput(tok_s_gpu, plan.flops_per_token, peak_flops)
             wait = (loader.time_waiting_s - last_wait) / elapsed
-            metrics.log(step, {
+            _log(metrics, step, {
                 "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s_per_gpu": tok_s_gpu,
                 "tflops_per_gpu": tflops, "mfu": mfu, "peak_mem_gib": _peak_memory_gib(env.device),
                 "data_wait_frac": wait, "tokens_seen": progress.tokens_seen,

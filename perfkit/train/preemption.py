@@ -4,6 +4,11 @@ Exit codes (documented in docs and `perfkit train --help`): the shell convention
 so a scheduler sees the same code as for an unhandled signal but the checkpoint is on disk:
     143  SIGTERM received; all ranks saved a checkpoint at the step boundary and exited
     130  SIGINT (Ctrl-C) received; same
+Before the first step of this process has completed (model build, checkpoint restore, compile,
+the first step itself) there is nothing new to save: a signal then exits at once with the same
+code, saying so, instead of waiting minutes for a step boundary (torchrun would SIGKILL the
+worker after its grace period anyway). The trainer creates the guard with `armed=False` right after the
+process group, and the loop calls `arm()` after the first step.
 A second signal while the first is pending (or while saving) exits at once with the same code,
 without saving: the escape hatch when a save hangs. A repeat of the *same* signal within
 `duplicate_window_s` (1 s) of the first is not a second request but the same one delivered twice
@@ -48,13 +53,15 @@ EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 class PreemptionGuard:
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
                  group: dist.ProcessGroup | None = None, check_every: int = 1,
-                 duplicate_window_s: float = 1.0):
+                 duplicate_window_s: float = 1.0, armed: bool = True):
         """`group`: a gloo group for the agreement (None: one is created when the default group
-        is not gloo). `check_every` > 1 agrees only every so many steps (for very short steps)."""
+        is not gloo). `check_every` > 1 agrees only every so many steps (for very short steps).
+        `armed=False`: a signal exits at once until `arm()` (the trainer's "before the first step")."""
         self.received: int | None = None   # the first signal number seen by this rank
         self.check_every = max(1, check_every)
         self.duplicate_window_s = duplicate_window_s
         self._received_at = 0.0            # time.monotonic() of the first signal
+        self.armed = armed                 # False until the trainer's first step: a signal exits at once
         self._calls = 0
         self._previous: dict[int, object] = {}
         self._group = group
@@ -76,7 +83,15 @@ class PreemptionGuard:
             return 0
         return EXIT_CODES.get(self.received, 128 + int(self.received))
 
+    def arm(self) -> None:
+        """From now on a signal means "save at the next step boundary" (called after the first step)."""
+        self.armed = True
+
     def _handle(self, signum, frame) -> None:
+        if not self.armed:
+            print(f"preemption: {signal.Signals(signum).name} received before the first step completed; nothing "
+                  "to save yet, exiting now", file=sys.stderr, flush=True)
+            os._exit(EXIT_CODES.get(signum, 128 + signum))
         if self.received == signum and time.monotonic() - self._received_at < self.duplicate_window_s:
             return  # the same request delivered twice (e.g. by the scheduler and by torchrun)
         if self.received is not None:

@@ -29,6 +29,7 @@ from perfkit.model import flops_per_token, parameter_count
 from perfkit.train import distributed, loop, resume_settings, run_folder
 from perfkit.train.distributed import Env
 from perfkit.train.faults import NonFiniteGuard
+from perfkit.train.heartbeat import Heartbeat
 from perfkit.train.loop import TrainParts
 from perfkit.train.optimizer import build_optimizer
 from perfkit.train.parallelize import build_loss_fn, build_model
@@ -171,6 +172,9 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | 
     """Create the process group, build everything, train; always tears the group down."""
     distributed.init(env, cfg.parallel)
     lock = None  # the run folder's flock (rank 0), held until the run ends
+    # from here a signal exits at once until the first step completes (nothing to save before it);
+    # a progress line every 30 s until then (building, restoring and compiling can take minutes)
+    preemption, heartbeat = PreemptionGuard(armed=False), Heartbeat(enabled=env.is_main)
     try:
         exp_id = cfg.run.experiment_id or run_folder.new_experiment_id(resolved)
         exp_id = distributed.broadcast_object(exp_id)  # rank 0's timestamp for everyone
@@ -181,19 +185,24 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | 
                      else "fp32" + (" (bf16 applies on CUDA only)" if cfg.parallel.mixed_precision == "bf16" else ""))
         if env.is_main:
             for section, values in resolved.items():  # the resolved config, one line per section
-                print(f"config {section}: {json.dumps(values)}")
-            print(f"perfkit train: run folder {run_dir}  (tensorboard --logdir {run_dir / 'tensorboard'})")
+                print(f"config {section}: {json.dumps(values)}", file=sys.stderr)  # stderr: the run's log
+            print(f"perfkit train: run folder {run_dir}  (tensorboard --logdir {run_dir / 'tensorboard'})",
+                  file=sys.stderr)
             print(f"perfkit train: {plan.world_size} rank(s) on {env.device.type}, {plan.parameters:,} parameters, "
                   f"{plan.max_steps} steps x {plan.tokens_per_step:,} tokens, grad accumulation "
-                  f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}", flush=True)
+                  f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}",
+                  file=sys.stderr, flush=True)
 
+        heartbeat.phase("building the model")
         parts = build_train_parts(cfg, env, plan, datasets=datasets)
+        parts.heartbeat = heartbeat
         try:  # the loader is closed whatever fails from here on
             parts.checkpointer = Checkpointer(
                 cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
                 loader=parts.loader, progress=parts.progress, model_config=cfg.model, config=resolved,
                 faults=parts.guard, data_files={"$.data.train": cfg.data.train, "$.data.val": cfg.data.val},
                 settings_check=lambda saved: resume_settings.check(saved, resolved, _log_main))
+            heartbeat.phase("restoring the checkpoint")
             if parts.checkpointer.restore() is not None and not cfg.checkpoint.warm_start:  # mutates parts
                 # the restored optimizer/scheduler carry the checkpoint's settings: the config wins
                 resume_settings.apply(parts.optimizer, parts.scheduler, cfg)
@@ -201,18 +210,18 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | 
             # run folder's config.json describing the checkpoints that are in it
             _write_run_folder(env, run_dir, resolved)
             device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
-            metrics = MetricsLogger(cfg.metrics, run_dir, enabled=env.is_main, max_steps=plan.max_steps,
-                                    start_step=parts.progress.step)
+            metrics = loop.open_metrics(cfg.metrics, run_dir, env, plan.max_steps, parts.progress.step)
             try:
-                with PreemptionGuard() as preemption:
-                    parts.preemption = preemption
-                    return loop.train(parts, plan, cfg.training, env, metrics, cfg.metrics.log_every,
-                                      peak_flops(device_name))
+                parts.preemption = preemption
+                return loop.train(parts, plan, cfg.training, env, metrics, cfg.metrics.log_every,
+                                  peak_flops(device_name))
             finally:
                 metrics.close()
         finally:
             parts.loader.close()
     finally:
+        heartbeat.stop()
+        preemption.close()
         if lock is not None:
             lock.release()
         distributed.shutdown()
@@ -230,7 +239,7 @@ def _lock_run_folder(env: Env, run_dir: Path):
         try:
             lock = run_folder.RunLock(run_dir).acquire()
             if lock.warning:
-                print(f"perfkit train: {lock.warning}", flush=True)
+                print(f"perfkit train: {lock.warning}", file=sys.stderr, flush=True)
         except run_folder.RunFolderBusy as e:
             problem = str(e)
         except OSError as e:

@@ -1,0 +1,185 @@
+"""Memory one training process needs, estimated from the config before anything is built.
+
+    est = estimate_memory(cfg.model, cfg.parallel, cfg.optimizer, micro_batch_size=8, world_size=8,
+                          grad_accum_steps=1, device_type="cuda")
+    est.breakdown   # {"parameters": bytes, "gradients": ..., "optimizer_state": ..., "activations": ...,
+                    #  "logits": ...}
+    est.total       # their sum, per process
+
+What it covers, per process (FSDP2 full sharding over `world_size` ranks, perfkit/train/parallelize.py):
+- parameters: this rank's fp32 shard (1/world of every parameter), plus the unsharded compute
+  copies alive at once: with reshard_after_forward, the root's (embeddings, head, final norm) and
+  two blocks (the one running and the one prefetched) plus the last block (kept gathered);
+  without it, every block stays gathered between forward and backward. With
+  parallel.init_device = "cpu" the whole fp32 model exists once before sharding (taken if larger).
+- gradients: the fp32 gradient shard, plus unsharded gradients: all of them when gradients
+  accumulate over micro-batches (no reduce-scatter until the last one), else a root and two blocks'.
+- optimizer_state: AdamW's two fp32 moments of this rank's shard.
+- activations: the tensors autograd saves for backward at the configured micro-batch, per token
+  9*n_embd + 4*ffn_hidden (SwiGLU; 2*ffn_hidden for GELU) + 6 values per block (+ n_embd +
+  3*kv_width with RoPE) and 3*n_embd + 3 outside the blocks, in the compute dtype, plus one
+  block's worth more for backward's working set (the gradients of the block being
+  differentiated). Counted on the PyTorch reference ops (tests/test_memory_estimate.py sums the
+  saved tensors of real models against it); the Triton kernels and torch.compile are not
+  measured here (no GPU on the test machine) and are expected to save no more.
+- logits: four fp32 (micro_batch, sequence, padded vocab) arrays: the logits, the log-softmax
+  cross-entropy saves, and the two gradients of that size in backward; + the bf16 logits in mixed
+  precision. (A compiled loss fuses some of them: then this is an upper bound.)
+Checked on CPU (tests/test_memory_estimate.py): within 20% (measured 2-5%) of the peak growth of
+anonymous resident memory over two real training steps, beyond a tiny model's (the runtime's
+fixed cost: about 40 MiB of allocations, plus the CPU libraries' pages).
+Not covered (so, but for a compiled loss's logits, the estimate is a lower bound): the CUDA
+context and the caching allocator's slack (typically 0.5-2 GiB per GPU), the CPU runtime's own
+libraries and buffers, the loader's prefetched batches, torch.compile's workspace, NCCL buffers.
+
+Activation checkpointing or a fused linear + cross-entropy (later issues) change only the
+activation and logits terms: extend `_block_values_per_token` and `_logit_bytes`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from perfkit.config import ModelConfig, OptimizerConfig, ParallelConfig
+
+GIB = 2**30
+FP32 = 4
+ADAM_MOMENTS = 2   # exp_avg and exp_avg_sq, fp32, one per parameter element
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    breakdown: dict[str, int]   # bytes per process by kind (the keys of the module docstring)
+    world_size: int
+    micro_batch_size: int
+    device_type: str
+
+    @property
+    def total(self) -> int:
+        return sum(self.breakdown.values())
+
+    def to_dict(self) -> dict:
+        """For --dry-run's derived section: GiB per kind, the total, and what the numbers assume."""
+        return {"per_process_gib": {k: round(v / GIB, 3) for k, v in self.breakdown.items()},
+                "total_gib": round(self.total / GIB, 3), "world_size": self.world_size,
+                "micro_batch_size": self.micro_batch_size, "device": self.device_type,
+                "not_covered": "CUDA context, allocator slack, prefetched batches, compile and NCCL workspace"}
+
+    def summary(self) -> str:
+        """One line: 'about 12.3 GiB per process (parameters 1.2, gradients ..., ...)'."""
+        parts = ", ".join(f"{k.replace('_', ' ')} {v / GIB:.2f}" for k, v in self.breakdown.items())
+        return f"about {self.total / GIB:.2f} GiB per process ({parts} GiB)"
+
+
+def _block_parameters(m: ModelConfig) -> int:
+    """Parameters of one transformer block (the unit FSDP2 gathers)."""
+    from perfkit.model.accounting import parameter_count
+
+    one = parameter_count(ModelConfig(**{**_fields(m), "n_layer": 1}), non_embedding=True)
+    two = parameter_count(ModelConfig(**{**_fields(m), "n_layer": 2}), non_embedding=True)
+    return two - one
+
+
+def _fields(m: ModelConfig) -> dict:
+    return {f: getattr(m, f) for f in m.__struct_fields__}
+
+
+def _block_values_per_token(m: ModelConfig) -> int:
+    """Values autograd saves per token in one block (see the module docstring)."""
+    kv_width = m.n_head_kv * (m.n_embd // m.n_head_q)
+    mlp = (4 if m.activation == "swiglu" else 2) * m.ffn_hidden
+    rope = m.n_embd + 3 * kv_width if m.positions == "rope" else 0  # the rotation's saved q/k products
+    return 9 * m.n_embd + rope + mlp + 6
+
+
+def saved_for_backward_bytes(m: ModelConfig, micro_batch_size: int, compute_bytes: int = FP32) -> int:
+    """Bytes autograd keeps from forward to backward for one micro-batch: the blocks' saved
+    tensors, the embedding/final-norm ones, and the fp32 log-softmax of the loss."""
+    from perfkit.model.accounting import padded_vocab_size
+
+    tokens = micro_batch_size * m.sequence_length
+    body = tokens * (m.n_layer * _block_values_per_token(m) + 3 * m.n_embd + 3) * compute_bytes
+    return body + tokens * padded_vocab_size(m.vocab_size) * FP32
+
+
+def _logit_bytes(tokens: int, padded_vocab: int, compute_bytes: int) -> int:
+    # fp32 logits, saved log-softmax, its gradient and the logits' gradient, all (tokens, vocab)
+    per_value = 4 * FP32 + (compute_bytes if compute_bytes != FP32 else 0)
+    return tokens * padded_vocab * per_value
+
+
+def estimate_memory(model: ModelConfig, parallel: ParallelConfig, optimizer: OptimizerConfig | None = None, *,
+                    micro_batch_size: int, world_size: int, grad_accum_steps: int = 1,
+                    device_type: str = "cuda") -> MemoryEstimate:
+    """Bytes per process, by kind (see the module docstring for what each covers)."""
+    from perfkit.model.accounting import padded_vocab_size, parameter_count
+
+    compute = 2 if (device_type == "cuda" and parallel.mixed_precision == "bf16") else FP32
+    total_params = parameter_count(model)
+    block = _block_parameters(model)
+    root = total_params - model.n_layer * block          # embeddings, final norm, head
+    shard = -(-total_params // world_size)                # ceil: FSDP2 pads the last rank's shard
+    if parallel.reshard_after_forward:
+        gathered = root + min(model.n_layer, 3) * block  # running + prefetched + the kept last block
+    else:
+        gathered = total_params
+    params = FP32 * shard + compute * gathered
+    if parallel.init_device == "cpu":
+        params = max(params, FP32 * total_params + FP32 * shard)  # the whole model, before sharding
+    unsharded_grads = total_params if grad_accum_steps > 1 else root + min(model.n_layer, 2) * block
+    grads = FP32 * shard + compute * unsharded_grads
+    optim = ADAM_MOMENTS * FP32 * shard
+    tokens = micro_batch_size * model.sequence_length
+    # the blocks' saved tensors + one block's worth of backward working set
+    activations = tokens * ((model.n_layer + 1) * _block_values_per_token(model) + 3 * model.n_embd + 3) * compute
+    logits = _logit_bytes(tokens, padded_vocab_size(model.vocab_size), compute)
+    return MemoryEstimate(
+        breakdown={"parameters": params, "gradients": grads, "optimizer_state": optim,
+                   "activations": activations, "logits": logits},
+        world_size=world_size, micro_batch_size=micro_batch_size, device_type=device_type)
+
+
+def estimate_for_plan(cfg, plan, device_type: str) -> MemoryEstimate:
+    """The estimate of a whole Config and its Plan (perfkit/train/plan.py): what `perfkit train`
+    prints and checks; `perfkit bench` can call it the same way before building its parts."""
+    return estimate_memory(cfg.model, cfg.parallel, cfg.optimizer, micro_batch_size=plan.micro_batch_size,
+                           world_size=plan.world_size, grad_accum_steps=plan.grad_accum_steps,
+                           device_type=device_type)
+
+
+def available_bytes(device) -> tuple[int, str]:
+    """(bytes this process may use, where the number comes from). CUDA: the device's free memory;
+    CPU: MemAvailable of the host divided by the processes torchrun starts on it (LOCAL_WORLD_SIZE)."""
+    if device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return free, f"free memory of {device}"
+    procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    avail = _mem_available()
+    return avail // procs, (f"available RAM ({avail / GIB:.1f} GiB" + (f" / {procs} processes on this host)"
+                                                                       if procs > 1 else ")"))
+
+
+def _mem_available() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_fits(est: MemoryEstimate, device, enabled: bool = True) -> None:
+    """Raise ValueError naming the estimate and the override when it exceeds what the device has
+    (a GPU-sized config on a CPU host otherwise swaps toward an out-of-memory kill, silently)."""
+    if not enabled:
+        return
+    have, where = available_bytes(device)
+    if est.total > have:
+        raise ValueError(f"this run needs {est.summary()}, more than the {have / GIB:.2f} GiB of {where}; "
+                         f"lower $.training.micro_batch_size or the model size, use more ranks, or set "
+                         f"$.run.check_memory = false to start anyway")
