@@ -156,10 +156,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from perfkit.bench.train_parts import with_steps
+    from perfkit.bench.train_parts import bench_plan, with_steps
     from perfkit.metrics import peak_flops
     from perfkit.train import distributed, setup
     from perfkit.train.faults import NonFiniteError
+    from perfkit.train.memory_estimate import check_fits, estimate_for_plan
 
     total = args.warmup + args.steps + (args.profile_steps + 1 if args.profile else 0)
     configs = [(name, with_steps(cfg, total)) for name, cfg in configs]
@@ -168,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         env = distributed.read_env(first.run)
         if not args.synthetic:
             setup.check_data(first, setup.open_datasets(first, env.world_size))  # token ids < vocab: a bad file fails here, not as a device assert
+        for _, cfg in configs:  # a GPU-sized config on a CPU host is refused here, not after minutes of swapping
+            check_fits(estimate_for_plan(cfg, bench_plan(cfg, env, args.synthetic), env.device.type), env.device,
+                       cfg.run.check_memory)
     except UserError as e:
         hint = "" if args.synthetic else " (or benchmark on random tokens with --synthetic)"
         print(f"perfkit bench train: {e}{hint}", file=sys.stderr)

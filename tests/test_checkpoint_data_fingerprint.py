@@ -160,8 +160,8 @@ def test_trainer_refuses_resume_auto_on_overwritten_data(tmp_path):
     run_trainer(trainer_args(tmp_path, "run", data, "--training.max_steps=2", "--checkpoint.save_at_end=true"))
     _overwrite_tokens(data, seed=5)
     r = run_trainer(trainer_args(tmp_path, "run", data, "--training.max_steps=4", "--checkpoint.resume=auto"),
-                    expect=1)
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfkit train:")]
+                    expect=2)  # a refused resume: the run did not start
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfkit train: rank ")]  # error lines; the log shares stderr
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"$.data.train[0] {data}: the token bytes differ (same size)" in errors[0]
     r = run_trainer(trainer_args(tmp_path, "run", data, "--training.max_steps=4", "--checkpoint.resume=auto",

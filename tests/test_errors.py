@@ -71,7 +71,7 @@ def test_missing_pbin_stays_one_line(tmp_path, capsys):
 
     train, val = make_dataset(tmp_path / "data", train_docs=8, val_docs=2)
     argv = [CPU_DEBUG] + tiny_overrides(tmp_path, tmp_path / "nope.pbin", val)
-    assert main(argv) == 1
+    assert main(argv) == 2  # bad input before the first step (EXIT_CODES)
     err = capsys.readouterr().err
     assert err.splitlines() == [f"perfkit train: $.data.train: no such file {tmp_path / 'nope.pbin'}"], err
 

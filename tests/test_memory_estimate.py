@@ -90,7 +90,7 @@ def anon():  # anonymous resident memory: tensors, not library pages (which memo
 
 cfg = load_config(sys.argv[1], json.loads(sys.argv[2]))
 env = distributed.read_env(cfg.run)
-plan = setup.make_run_plan(cfg, env)
+plan = setup.make_run_plan(cfg, env, setup.open_datasets(cfg, env.world_size))
 est = estimate_memory(cfg.model, cfg.parallel, cfg.optimizer, micro_batch_size=plan.micro_batch_size,
                       world_size=1, grad_accum_steps=plan.grad_accum_steps, device_type="cpu")
 distributed.init(env, cfg.parallel)
@@ -140,7 +140,7 @@ def test_estimate_tracks_the_measured_rss_growth_of_training_steps(tmp_path):
 # ---- in the trainer: printed by --dry-run, enforced before the model is built --------------------
 
 def _main(argv, capsys):
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     rc = main(argv)
     out, err = capsys.readouterr()
@@ -193,3 +193,20 @@ def test_gpt2_config_on_this_host_is_refused_at_once_with_the_estimate(tmp_path,
         pytest.skip(f"this host has more than {total:.0f} GiB available")
     rc, _, err = _main(argv, capsys)
     assert rc == 2 and "this run needs about" in err and not (tmp_path / "runs").exists()
+
+
+def test_bench_refuses_a_config_that_does_not_fit_before_building_it(tmp_path, capsys, monkeypatch):
+    """`perfkit bench configs/gpt2.toml --synthetic` on a CPU host sat at 20 GB RSS with no output;
+    it now stops before the model is built with the same estimate the trainer prints. The host's
+    available memory is pinned low so the test does not depend on this machine's RAM."""
+    from perfkit.bench import train as bench_train
+    from perfkit.train import memory_estimate
+
+    monkeypatch.setattr(memory_estimate, "_mem_available", lambda: 4 * GIB)
+    argv = [str(REPO / "configs" / "gpt2.toml"), "--synthetic", "--steps", "1", "--warmup", "0",
+            f"--run.root={tmp_path / 'runs'}", "--run.device=cpu", "--training.global_batch_size=16",
+            "--json", str(tmp_path / "b.jsonl")]
+    rc = bench_train.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 1 and "this run needs about" in err and "$.run.check_memory = false" in err
+    assert not (tmp_path / "b.jsonl").exists()

@@ -59,8 +59,8 @@ def test_second_run_is_refused_at_once_and_a_dead_holder_never_blocks(tmp_path, 
     run_dir = tmp_path / "busy"
     holder = _start_holder(run_dir)
     try:
-        r = run_trainer(trainer_args(tmp_path, "busy", pbin, "--training.max_steps=2"), expect=1)
-        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfkit train:")]
+        r = run_trainer(trainer_args(tmp_path, "busy", pbin, "--training.max_steps=2"), expect=2)  # refused before the first step
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfkit train: rank ")]  # error lines; the log shares stderr
         assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
         assert f"run folder {run_dir} is in use by another run (host {socket.gethostname()}, pid {holder.pid})" \
             in errors[0]

@@ -28,7 +28,7 @@ from test_train_data import make_dataset, tiny_overrides  # noqa: E402
 
 
 def _train(argv: list[str], capsys) -> tuple[int, str, str]:
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     rc = main(argv)
     out, err = capsys.readouterr()
@@ -65,7 +65,7 @@ def test_config_file_with_a_byte_order_mark_says_so(tmp_path, capsys):
                                "which TOML does not allow; save it as UTF-8 without BOM\n")
 
 
-# ---- one exit-code table: docs/multi-node.md == perfkit/train/main.py == what the trainer does ---
+# ---- one exit-code table: docs/multi-node.md == perfkit/train/train_cmd.py == what the trainer does ---
 
 def _documented_exit_codes() -> dict[int, str]:
     text = (REPO / "docs" / "multi-node.md").read_text(encoding="utf-8")
@@ -74,7 +74,7 @@ def _documented_exit_codes() -> dict[int, str]:
 
 
 def test_exit_code_table_is_the_code(tmp_path, data, capsys):
-    from perfkit.train.main import EPILOG, EXIT_CODES
+    from perfkit.train.train_cmd import EPILOG, EXIT_CODES
 
     assert set(_documented_exit_codes()) == set(EXIT_CODES)
     assert "2 invalid config or input (found before training), 1 error during training" in EPILOG
@@ -326,7 +326,7 @@ def _driver(argv: list[str]) -> int:
         from perfkit.train import heartbeat
         heartbeat.INTERVAL_S = float(value["--heartbeat-every"])
 
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
     return main(train_argv)
 
 

@@ -41,7 +41,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import torch
+
 from perfkit.config import ModelConfig, OptimizerConfig, ParallelConfig
+from perfkit.errors import UserError
+from perfkit.model.accounting import padded_vocab_size, parameter_count
 
 GIB = 2**30
 FP32 = 4
@@ -74,8 +78,6 @@ class MemoryEstimate:
 
 def _block_parameters(m: ModelConfig) -> int:
     """Parameters of one transformer block (the unit FSDP2 gathers)."""
-    from perfkit.model.accounting import parameter_count
-
     one = parameter_count(ModelConfig(**{**_fields(m), "n_layer": 1}), non_embedding=True)
     two = parameter_count(ModelConfig(**{**_fields(m), "n_layer": 2}), non_embedding=True)
     return two - one
@@ -96,8 +98,6 @@ def _block_values_per_token(m: ModelConfig) -> int:
 def saved_for_backward_bytes(m: ModelConfig, micro_batch_size: int, compute_bytes: int = FP32) -> int:
     """Bytes autograd keeps from forward to backward for one micro-batch: the blocks' saved
     tensors, the embedding/final-norm ones, and the fp32 log-softmax of the loss."""
-    from perfkit.model.accounting import padded_vocab_size
-
     tokens = micro_batch_size * m.sequence_length
     body = tokens * (m.n_layer * _block_values_per_token(m) + 3 * m.n_embd + 3) * compute_bytes
     return body + tokens * padded_vocab_size(m.vocab_size) * FP32
@@ -113,8 +113,6 @@ def estimate_memory(model: ModelConfig, parallel: ParallelConfig, optimizer: Opt
                     micro_batch_size: int, world_size: int, grad_accum_steps: int = 1,
                     device_type: str = "cuda") -> MemoryEstimate:
     """Bytes per process, by kind (see the module docstring for what each covers)."""
-    from perfkit.model.accounting import padded_vocab_size, parameter_count
-
     compute = 2 if (device_type == "cuda" and parallel.mixed_precision == "bf16") else FP32
     total_params = parameter_count(model)
     block = _block_parameters(model)
@@ -152,8 +150,6 @@ def available_bytes(device) -> tuple[int, str]:
     """(bytes this process may use, where the number comes from). CUDA: the device's free memory;
     CPU: MemAvailable of the host divided by the processes torchrun starts on it (LOCAL_WORLD_SIZE)."""
     if device.type == "cuda":
-        import torch
-
         free, _ = torch.cuda.mem_get_info(device)
         return free, f"free memory of {device}"
     procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -174,12 +170,12 @@ def _mem_available() -> int:
 
 
 def check_fits(est: MemoryEstimate, device, enabled: bool = True) -> None:
-    """Raise ValueError naming the estimate and the override when it exceeds what the device has
+    """Raise UserError naming the estimate and the override when it exceeds what the device has
     (a GPU-sized config on a CPU host otherwise swaps toward an out-of-memory kill, silently)."""
     if not enabled:
         return
     have, where = available_bytes(device)
     if est.total > have:
-        raise ValueError(f"this run needs {est.summary()}, more than the {have / GIB:.2f} GiB of {where}; "
+        raise UserError(f"this run needs {est.summary()}, more than the {have / GIB:.2f} GiB of {where}; "
                          f"lower $.training.micro_batch_size or the model size, use more ranks, or set "
                          f"$.run.check_memory = false to start anyway")
