@@ -14,8 +14,8 @@ import sys
 import tiktoken
 import torch
 
+from perfkit.errors import UserError
 from perfkit.checkpoint.export import load_model
-from perfkit.checkpoint.layout import CheckpointError
 
 
 @torch.no_grad()
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
         return 1
     try:
         model, info = load_model(args.source, args.device)
-    except (CheckpointError, OSError, ValueError) as e:
+    except (UserError, OSError) as e:  # CheckpointError is a UserError
         print(f"perfkit generate: {e}", file=sys.stderr)
         return 1
     prompt = enc.encode_ordinary(args.prompt)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from perfkit.errors import UserError
 from perfkit.atomic import atomic_output
 from perfkit.checkpoint import layout, safe_metadata
 from perfkit.checkpoint.layout import CheckpointError
@@ -63,7 +64,7 @@ def refuse_output_inside(checkpoint: Path, out: str | os.PathLike) -> None:
 def export_checkpoint(source: str | os.PathLike, out: str | os.PathLike, dtype: str = "bf16") -> Path:
     """Write `out` from a checkpoint folder or a run folder (its newest complete checkpoint)."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     checkpoint = layout.resolve_checkpoint(source)
     refuse_output_inside(checkpoint, out)
     problems = layout.verify(checkpoint)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from perfkit.errors import UserError
 from perfkit.checkpoint.export import export_checkpoint, refuse_output_inside
 from perfkit.checkpoint.layout import CheckpointError, resolve_checkpoint
 
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"-o {out} exists; pass --force to replace it")
     try:
         out = export_checkpoint(args.source, args.output, args.dtype)
-    except (CheckpointError, OSError, ValueError) as e:
+    except (UserError, OSError) as e:  # CheckpointError is a UserError
         print(f"perfkit export: {e}", file=sys.stderr)
         return 1
     print(f"perfkit export: wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.dtype})")

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from perfkit.errors import UserError
 from perfkit.data.sampler import rank_indices
 from perfkit.data.windows import WindowDataset, window_stride
 
@@ -41,13 +42,13 @@ def describe(args: argparse.Namespace) -> dict:
     """The report as plain data (what --json prints)."""
     for name in ("show", "skip", "epoch", "first_tokens"):
         if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.world_size < 1 or not 0 <= args.rank < args.world_size:
-        raise ValueError(f"--rank {args.rank} is not in [0, --world-size {args.world_size})")
+        raise UserError(f"--rank {args.rank} is not in [0, --world-size {args.world_size})")
     reuse = not args.non_overlapping
     ds = WindowDataset([args.file], args.windows, reuse_last_target=reuse, config_key=args.file)
     if args.skip > ds.num_samples:
-        raise ValueError(f"{args.file}: --skip {args.skip} is beyond the {ds.num_samples} samples of an epoch")
+        raise UserError(f"{args.file}: --skip {args.skip} is beyond the {ds.num_samples} samples of an epoch")
     mine = rank_indices(ds.num_samples, seed=args.seed, epoch=args.epoch, skip=args.skip, rank=args.rank,
                         world_size=args.world_size, shuffle=not args.no_shuffle)
     shown = mine[:args.show]
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         report = describe(args)
-    except (ValueError, OSError) as e:  # PbinError and WindowError are ValueErrors naming the file
+    except (UserError, OSError) as e:  # PbinError, WindowError: UserErrors naming the file
         print(f"perfkit inspect: error: {e}", file=sys.stderr)
         return 1
     if args.json:

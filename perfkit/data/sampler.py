@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from perfkit.errors import UserError
+
 
 def global_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     """(N,) int64: the order every rank agrees on for this epoch (identical to Modalities')."""
@@ -58,7 +60,7 @@ class ResumableDistributedSampler:
         self.shuffle = shuffle
         self.global_batch = world_size * micro_batch_size
         if self.batches_left(0) < 1:
-            raise ValueError(
+            raise UserError(
                 f"{source}: {num_samples} samples cannot fill one global micro-batch of "
                 f"{micro_batch_size} x {world_size} ranks = {self.global_batch} samples")
         self._cached_key: tuple[int, int] | None = None  # (epoch, residue) of self._cached
@@ -83,7 +85,7 @@ class ResumableDistributedSampler:
     def normalize(self, epoch: int, consumed: int) -> tuple[int, int]:
         """A restored position with no whole batch left in its epoch starts the next epoch."""
         if consumed < 0 or epoch < 0:
-            raise ValueError(f"bad loader position epoch={epoch} consumed={consumed}")
+            raise UserError(f"bad loader position epoch={epoch} consumed={consumed}")
         if self.batches_left(consumed) == 0:
             return epoch + 1, 0
         return epoch, consumed

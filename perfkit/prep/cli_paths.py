@@ -11,6 +11,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from perfkit.errors import UserError
 
 
 def check_input_file(path: str | os.PathLike, what: str = "") -> Path:
@@ -19,20 +20,20 @@ def check_input_file(path: str | os.PathLike, what: str = "") -> Path:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such {what}file") from None
+        raise UserError(f"{path}: no such {what}file") from None
     except OSError as e:
-        raise ValueError(f"{path}: cannot read the {what}file: {e.strerror or e}") from None
+        raise UserError(f"{path}: cannot read the {what}file: {e.strerror or e}") from None
     if stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"{path}: is a directory, not a {what}file")
+        raise UserError(f"{path}: is a directory, not a {what}file")
     if not stat.S_ISREG(st.st_mode):
         # Workers read byte ranges with pread: a pipe, socket or device cannot be cut that way
         # (and opening a FIFO with no writer would hang).
-        raise ValueError(f"{path}: not a regular file (a pipe or device); write it to a file first")
+        raise UserError(f"{path}: not a regular file (a pipe or device); write it to a file first")
     try:
         with open(path, "rb"):
             pass
     except OSError as e:
-        raise ValueError(f"{path}: cannot read the {what}file: {e.strerror or e}") from None
+        raise UserError(f"{path}: cannot read the {what}file: {e.strerror or e}") from None
     return path
 
 
@@ -51,16 +52,16 @@ def check_output_path(dst: str | os.PathLike, force: bool, inputs: list) -> Path
         # Checked before --force: the input is read while the output is written, and replacing
         # it at the end would destroy the corpus (or index) the user just packed.
         if src and dst.exists() and _same_file(dst, Path(src)):
-            raise ValueError(f"{dst}: the output is the input file {src}; choose another output path")
+            raise UserError(f"{dst}: the output is the input file {src}; choose another output path")
     if dst.is_dir():
-        raise ValueError(f"{dst}: is a directory; give the output file's path")
+        raise UserError(f"{dst}: is a directory; give the output file's path")
     if dst.exists() and not force:
-        raise ValueError(f"{dst} exists; pass --force to overwrite it")
+        raise UserError(f"{dst} exists; pass --force to overwrite it")
     folder = dst.parent
     while not folder.exists() and folder != folder.parent:  # the nearest existing ancestor
         folder = folder.parent
     if not folder.is_dir():
-        raise ValueError(f"{dst}: cannot create the output folder: {folder} is a file")
+        raise UserError(f"{dst}: cannot create the output folder: {folder} is a file")
     return dst
 
 
@@ -76,7 +77,7 @@ def output_folder(dst: Path) -> Iterator[None]:
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"{dst}: cannot create the output folder {dst.parent}: {e.strerror or e}") from None
+        raise UserError(f"{dst}: cannot create the output folder {dst.parent}: {e.strerror or e}") from None
     try:
         yield
     except BaseException:

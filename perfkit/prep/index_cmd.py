@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perfkit.errors import UserError
 from perfkit.atomic import write_atomic
 from perfkit.prep.cli_paths import check_input_file, check_output_path, output_folder
 from perfkit.prep.jsonl import BadLineReport, TextExtractor, extract_texts, parse_text_key, read_line_chunk
@@ -37,16 +38,16 @@ def read_raw_index(path: str | os.PathLike, src_size: int | None = None) -> tupl
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise ValueError(f"{path}: cannot read the raw index: {e.strerror or e}") from None
+        raise UserError(f"{path}: cannot read the raw index: {e.strerror or e}") from None
     try:
         offsets, lengths = parse_index_pickle(raw)
     except IndexPickleError as e:
-        raise ValueError(f"{path}: not a raw index: {e}") from None
+        raise UserError(f"{path}: not a raw index: {e}") from None
     if src_size is not None and offsets.size:
         bad = offsets + lengths > src_size
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"{path}: entry {i} (offset {int(offsets[i])}, length {int(lengths[i])}) "
+            raise UserError(f"{path}: entry {i} (offset {int(offsets[i])}, length {int(lengths[i])}) "
                              f"runs past the end of the {src_size}-byte JSONL; is it the index of another file?")
     return offsets, lengths
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         from perfkit.prep.pack_cmd import capped_workers, default_workers
         workers = default_workers() if args.workers is None else args.workers
         if workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {workers}")
+            raise UserError(f"--workers must be >= 1, got {workers}")
         workers = capped_workers(workers, "index")
         key_path = parse_text_key(args.text_key)
         # Built here first: a failing pool initializer would be restarted forever (a hang).
@@ -144,14 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 write_atomic(dst, iter_index_pickle(offsets, lengths))
             except OSError as e:  # name DST, not the hidden temporary file beside it
-                raise ValueError(f"{dst}: cannot write: {e.strerror or e}") from None
+                raise UserError(f"{dst}: cannot write: {e.strerror or e}") from None
     except KeyboardInterrupt:
         print("perfkit index: interrupted; no output written", file=sys.stderr)
         return 130
     except _Terminated:
         print("perfkit index: terminated (SIGTERM); no output written", file=sys.stderr)
         return 143
-    except (ValueError, OSError) as e:
+    except (UserError, OSError) as e:
         print(f"perfkit index: {e}", file=sys.stderr)
         return 1
     finally:

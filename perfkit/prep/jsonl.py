@@ -66,12 +66,12 @@ def parse_text_key(key: str, what: str = "--text-key") -> tuple[str, ...]:
     what: how errors name the setting (the flag, or a config key such as `$.settings.jq_pattern`)."""
     parts = tuple(key[1:].split(".") if key.startswith(".") else key.split("."))
     if not key or any(not p for p in parts):
-        raise ValueError(f"{what} {key!r}: expected a key or a dotted path such as 'text' or 'meta.text'")
+        raise UserError(f"{what} {key!r}: expected a key or a dotted path such as 'text' or 'meta.text'")
     # Only object keys can be followed: jq indexing (`.a[0].text`) and quoted keys would otherwise
     # read as a key never found ("missing text field" on line 1), or crash msgspec's field renaming.
     bad = next((c for c in key if c in '[]"\\' or ord(c) < 0x20), None)
     if bad is not None:
-        raise ValueError(f"{what} {key!r}: {bad!r} is not supported; give object keys only, "
+        raise UserError(f"{what} {key!r}: {bad!r} is not supported; give object keys only, "
                          "e.g. 'meta.text' (array indexing and quoted jq keys are not followed)")
     return parts
 

@@ -18,15 +18,14 @@ import signal
 import sys
 from pathlib import Path
 
+from perfkit.errors import UserError
 from perfkit.prep.cli_paths import check_input_file, check_output_path, output_folder
-from perfkit.prep.jsonl import BadLineError, TextExtractor, parse_text_key
+from perfkit.prep.jsonl import TextExtractor, parse_text_key
 from perfkit.prep.pack_config import load_pack_config
 from perfkit.prep.pack_pipeline import (PackAborted, PackFailed, PackStats, plan_byte_chunks,
                                         plan_index_chunks, run_pack)
 from perfkit.prep.pack_worker import PackJob
-from perfkit.formats.pbin import PbinError
-from perfkit.prep.tokenizer import (DEFAULT_EOD, TokenizerError, TokenizerSpec, parse_special_tokens,
-                                    resolve_tokenizer)
+from perfkit.prep.tokenizer import DEFAULT_EOD, TokenizerSpec, parse_special_tokens, resolve_tokenizer
 
 MIN_CHUNK = 64 << 10
 MAX_CHUNK = 1 << 20       # bounds in-flight memory: one chunk holds ~3x its size (bytes, str, ids)
@@ -112,15 +111,15 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
          progress: bool = True) -> PackStats:
     """Validate everything cheap up front, then run the pipeline. Raises ValueError subclasses."""
     if not settings["src"]:
-        raise ValueError("no source JSONL given (positional SRC or settings.src_path)")
+        raise UserError("no source JSONL given (positional SRC or settings.src_path)")
     if not settings["dst"]:
-        raise ValueError("no output given (-o DST.pbin or settings.dst_path)")
+        raise UserError("no output given (-o DST.pbin or settings.dst_path)")
     if not settings["tokenizer"].name:
-        raise ValueError("no tokenizer given (--tokenizer gpt2, or [tokenizer] name in the config)")
+        raise UserError("no tokenizer given (--tokenizer gpt2, or [tokenizer] name in the config)")
     if settings["workers"] < 1:
-        raise ValueError(f"--workers must be >= 1, got {settings['workers']}")
+        raise UserError(f"--workers must be >= 1, got {settings['workers']}")
     if chunk_mb is not None and not (math.isfinite(chunk_mb) and chunk_mb > 0):
-        raise ValueError(f"--chunk-mb must be a positive number of megabytes, got {chunk_mb}")
+        raise UserError(f"--chunk-mb must be a positive number of megabytes, got {chunk_mb}")
     src = check_input_file(settings["src"])
     if settings["index"]:
         check_input_file(settings["index"], "raw index ")
@@ -152,7 +151,7 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
             with open(tmp, "wb"):
                 pass
         except OSError as e:
-            raise ValueError(f"{dst}: cannot write in {dst.parent}: {e.strerror or e}") from None
+            raise UserError(f"{dst}: cannot write in {dst.parent}: {e.strerror or e}") from None
         job = PackJob(src=str(src), src_size=size, tmp_dst=str(tmp), tokenizer=settings["tokenizer"],
                       key_path=key_path, eod_id=eod_id, token_width=width,
                       stop_at_first_bad=settings["on_bad_line"] == "error")
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except PackAborted as e:
         print(f"perfkit pack: {e}; no output written", file=sys.stderr)
         return e.code
-    except (BadLineError, PackFailed, TokenizerError, PbinError, ValueError, OSError) as e:
+    except (UserError, PackFailed, OSError) as e:  # bad input and I/O: one line; a bug keeps its traceback
         print(f"perfkit pack: {e}", file=sys.stderr)
         return 1
     finally:

@@ -27,6 +27,7 @@ from typing import Literal
 
 import msgspec
 
+from perfkit.errors import UserError
 from perfkit.prep.jsonl import parse_text_key
 
 
@@ -78,14 +79,14 @@ def load_pack_config(path: str | Path) -> PackFile:
         try:
             import tomli as tomllib
         except ImportError:
-            raise ValueError(f"{path}: reading TOML on Python 3.10 needs `pip install tomli`") from None
+            raise UserError(f"{path}: reading TOML on Python 3.10 needs `pip install tomli`") from None
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise ValueError(f"{path}: cannot read config: {e.strerror or e}") from None
+        raise UserError(f"{path}: cannot read config: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
+        raise UserError(f"{path}: not valid TOML: {e}") from None
     try:
         return msgspec.convert(raw, PackFile)
     except (msgspec.ValidationError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {e}") from None
