@@ -6,6 +6,7 @@ Each run is `perfkit.train.train_cmd.main(argv)` in this process (a world of one
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,10 @@ def test_a_restarted_run_keeps_one_history_and_loses_no_record(tmp_path):
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 9, "kind": "tra')  # the crash
 
+    # TensorBoard reads event files in name order: seconds, host, pid, then a per-process counter
+    # compared as text ("10" < "9"); a real restart is a new process seconds later, so wait one
+    # second here rather than depend on how many writers this pytest process has made before
+    time.sleep(1.05)
     second = MetricsLogger(MetricsConfig(), tmp_path, start_step=5)
     for step in range(6, 8):
         second.log(step, {"loss": 100.0 + step})
