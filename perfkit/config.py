@@ -47,6 +47,7 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tie_embeddings: bool = False
     init_std: float = 0.02           # "scaled" init: residual projections use init_std / sqrt(2 * n_layer)
     kernels: Literal["triton", "torch"] = "triton"  # Triton RMSNorm/SwiGLU ops or the PyTorch reference
+    fused_linear_cross_entropy: bool = False  # head matmul + loss chunked over tokens: no whole logits
 
     def __post_init__(self):
         _positive(self, "model", ("vocab_size", "sequence_length", "n_layer", "n_embd",

@@ -54,6 +54,9 @@ def build_model(model_cfg: ModelConfig, par: ParallelConfig, device: torch.devic
     if par.compile:
         for block in model.blocks:
             block.compile(fullgraph=True)
+        # head matmul + loss: compiling fuses the fp32 upcast of the (B, S, V) logits into the
+        # log-softmax instead of materializing fp32 copies (the largest activations of GPT-2 size)
+        model.loss.compile(fullgraph=True)
 
     block_policy = mp_policy(par, device, cast_inputs=False)
     n = len(model.blocks)
@@ -80,12 +83,3 @@ def set_gradient_sync(model: nn.Module, sync: bool) -> None:
     (gradients accumulate unsharded locally, then one reduce-scatter per step)."""
     if isinstance(model, FSDPModule):
         model.set_requires_gradient_sync(sync)
-
-
-def build_loss_fn(par: ParallelConfig):
-    """The training loss: perfkit.model.cross_entropy_loss, compiled when the blocks are. Compiling
-    fuses the fp32 upcast of the (B, S, V) logits into the log-softmax instead of materializing
-    fp32 copies of them (the largest activations of a GPT-2-sized model)."""
-    from perfkit.model import cross_entropy_loss
-
-    return torch.compile(cross_entropy_loss) if par.compile else cross_entropy_loss

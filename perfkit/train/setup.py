@@ -142,7 +142,7 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None):
     from perfkit.train.faults import NonFiniteGuard
     from perfkit.train.loop import TrainParts
     from perfkit.train.optimizer import build_optimizer
-    from perfkit.train.parallelize import build_loss_fn, build_model
+    from perfkit.train.parallelize import build_model
     from perfkit.train.schedules import build_scheduler
 
     configure_backends(cfg, env)
@@ -156,7 +156,7 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None):
         loader = build_train_loader(cfg.data, **loader_args)
         val_loader = build_val_loader(cfg.data, **loader_args)
     return TrainParts(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
-                      val_loader=val_loader, loss_fn=build_loss_fn(cfg.parallel),
+                      val_loader=val_loader,
                       guard=NonFiniteGuard(cfg.training.on_nonfinite))
 
 
