@@ -51,10 +51,12 @@ def _ce_rows_forward(logits: Tensor, targets: Tensor, ignore_index: int) -> tupl
 
 def _ce_rows_backward(logits: Tensor, targets: Tensor, lse: Tensor, dlse: Tensor, scale: Tensor,
                       ignore_index: int) -> Tensor:
-    """d(logits) (C, V) in the logits' dtype: softmax * (scale * valid + dlse) - onehot * scale * valid."""
+    """d(logits) (C, V) in the logits' dtype: softmax * (scale * valid + dlse) - onehot * scale * valid.
+    Overwrites `logits` when they are fp32 (a temporary the caller owns): one (C, V) buffer, not four."""
     valid = targets != ignore_index
     w = torch.where(valid, scale, 0.0)  # (C,) fp32: d(loss)/d(row loss)
-    g = torch.exp(logits.float() - lse[:, None]) * (w + dlse)[:, None]
+    g = logits.float()  # the same tensor when fp32
+    g.sub_(lse[:, None]).exp_().mul_((w + dlse)[:, None])
     rows = torch.arange(logits.shape[0], device=logits.device)
     g[rows, torch.where(valid, targets, 0)] -= w
     return g.to(logits.dtype)
@@ -73,6 +75,7 @@ def _forward(hidden: Tensor, weight: Tensor, targets: Tensor, ignore_index: int,
             _triton().ce_forward_into(lse[s:e], row_loss[s:e], logits, targets[s:e], ignore_index)
         else:
             lse[s:e], row_loss[s:e] = _ce_rows_forward(logits, targets[s:e], ignore_index)
+        del logits  # free this chunk's (C, V) block before the next matmul allocates one
     count = (targets != ignore_index).sum()
     return row_loss.sum() / count, lse
 
@@ -92,8 +95,12 @@ def _backward(dloss: Tensor, dlse: Tensor, hidden: Tensor, weight: Tensor, targe
             dlogits = logits
         else:
             dlogits = _ce_rows_backward(logits, targets[s:e], lse[s:e], dlse[s:e], scale, ignore_index)
-        dhidden[s:e] = dlogits @ weight            # (C, D)
-        dweight += (dlogits.T @ hidden[s:e]).float()  # (V, D)
+        torch.mm(dlogits, weight, out=dhidden[s:e])  # (C, D)
+        if dlogits.dtype == torch.float32:
+            dweight.addmm_(dlogits.T, hidden[s:e])   # (V, D), no temporary
+        else:
+            dweight += (dlogits.T @ hidden[s:e]).float()
+        del logits, dlogits  # free this chunk's (C, V) block before the next matmul allocates one
     return dhidden, dweight.to(weight.dtype)
 
 
