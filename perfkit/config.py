@@ -242,6 +242,13 @@ class ParallelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     init_device: Literal["meta", "cpu"] = "meta"           # meta: shards are materialized and initialized on the
     # device (any model size); cpu: the whole model is initialized in host memory, then sharded (initial
     # weights identical for every world size - used by the loss-parity tests)
+    activation_checkpointing: Literal["none", "full", "op"] = "none"  # recompute blocks in backward
+    activation_checkpointing_every: int = 1                # checkpoint blocks 0, k, 2k, ...
+
+    def __post_init__(self):
+        if self.activation_checkpointing_every < 1:
+            raise ValueError("$.parallel.activation_checkpointing_every must be >= 1, "
+                             f"got {self.activation_checkpointing_every}")
 
 
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -2,7 +2,8 @@
 
 Order (torchtitan's, for reasons):
 1. Construct on the meta device: no memory, so a model larger than one GPU can be described.
-2. `block.compile(fullgraph=True)` per transformer block - in place, so parameter names stay
+2. Activation checkpointing of every k-th block (activation_checkpoint.py), then
+   `block.compile(fullgraph=True)` per transformer block - in place, so parameter names stay
    `blocks.0.attn...` (a checkpoint loads with compile on or off) and every block reuses one graph.
 3. `fully_shard` per block, then the root (embedding, final norm, head): one all-gather per block
    in forward, one reduce-scatter per block in backward, overlapped with compute. The root never
@@ -21,6 +22,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from perfkit.config import ModelConfig, ParallelConfig
+from perfkit.train.activation_checkpoint import apply_activation_checkpointing
 
 
 def mp_policy(par: ParallelConfig, device: torch.device, cast_inputs: bool = True) -> MixedPrecisionPolicy:
@@ -51,6 +53,8 @@ def build_model(model_cfg: ModelConfig, par: ParallelConfig, device: torch.devic
         with torch.device("meta"):
             model = GPT(model_cfg)
 
+    # checkpointing before compile (one traced region per block) and before fully_shard
+    apply_activation_checkpointing(model.blocks, par.activation_checkpointing, par.activation_checkpointing_every)
     if par.compile:
         for block in model.blocks:
             block.compile(fullgraph=True)
