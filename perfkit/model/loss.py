@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perfkit.kernels import fused_linear_cross_entropy
+
 IGNORE_INDEX = -100  # targets equal to this are left out of the mean (the val padding uses it)
 
 
@@ -33,8 +35,6 @@ class LMLoss(nn.Module):
 
     def forward(self, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
         if self.fused:
-            from perfkit.kernels import fused_linear_cross_entropy
-
             loss, _lse = fused_linear_cross_entropy(hidden.flatten(0, -2), weight, targets.flatten(),
                                                     ignore_index=IGNORE_INDEX)
             return loss
