@@ -10,7 +10,7 @@ record's peak RSS, the ratio to the first variant and the step time; --json appe
 --md writes a short table. CPU targets (issue 15):
 - loss: model.fused_linear_cross_entropy false vs true; 2 layers, 128 wide, vocab 128,256, 4 x 1,024
   tokens (the issue's measurement, where the logits dominate): fused <= 0.2x unfused.
-- checkpointing: parallel.activation_checkpointing none / full / op; 8 layers, 256 wide, 8 x 1,024
+- checkpointing: parallel.activation_checkpointing none / full / op; 8 layers, 256 wide, 16 x 1,024
   tokens, vocab 50,304 with the fused loss (so the blocks' activations dominate): full <= 0.5x none,
   op between them.
 """
@@ -35,8 +35,8 @@ AXES = {
     "checkpointing": (["--model.vocab_size=50304", "--model.sequence_length=1024", "--model.n_layer=8",
                        "--model.n_embd=256", "--model.n_head_q=4", "--model.n_head_kv=4",
                        "--model.ffn_hidden=768", "--model.fused_linear_cross_entropy=true",
-                       "--training.micro_batch_size=8"],
-                      "8 layers x 256 wide, 8192 tokens per micro-batch (8 x 1024), vocab 50304, fused loss, "
+                       "--training.micro_batch_size=16"],
+                      "8 layers x 256 wide, 16384 tokens per micro-batch (16 x 1024), vocab 50304, fused loss, "
                       "fp32, AdamW",
                       [("none", ['--parallel.activation_checkpointing="none"']),
                        ("full", ['--parallel.activation_checkpointing="full"']),
