@@ -90,7 +90,7 @@ class BenchParts:
         """One optimizer step exactly as perfkit.train.loop runs it (no host sync inside)."""
         t = self.train
         self.steps_done += 1
-        return train_step(t.model, t.optimizer, t.scheduler, t.loader.next_batch, t.loss_fn,
+        return train_step(t.model, t.optimizer, t.scheduler, t.loader.next_batch,
                           grad_accum=self.plan.grad_accum_steps, grad_clip=self.cfg.training.grad_clip,
                           guard=t.guard, step_number=self.steps_done)
 

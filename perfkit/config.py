@@ -49,6 +49,7 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tie_embeddings: bool = False
     init_std: float = 0.02           # "scaled" init: residual projections use init_std / sqrt(2 * n_layer)
     kernels: Literal["triton", "torch"] = "triton"  # Triton RMSNorm/SwiGLU ops or the PyTorch reference
+    fused_linear_cross_entropy: bool = False  # head matmul + loss chunked over tokens: no whole logits
 
     def __post_init__(self):
         _positive(self, "model", ("vocab_size", "sequence_length", "n_layer", "n_embd",
@@ -273,6 +274,13 @@ class ParallelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     init_device: Literal["meta", "cpu"] = "meta"           # meta: shards are materialized and initialized on the
     # device (any model size); cpu: the whole model is initialized in host memory, then sharded (initial
     # weights identical for every world size - used by the loss-parity tests)
+    activation_checkpointing: Literal["none", "full", "op"] = "none"  # recompute blocks in backward
+    activation_checkpointing_every: int = 1                # checkpoint blocks 0, k, 2k, ...
+
+    def __post_init__(self):
+        if self.activation_checkpointing_every < 1:
+            raise ValueError("$.parallel.activation_checkpointing_every must be >= 1, "
+                             f"got {self.activation_checkpointing_every}")
 
 
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -165,14 +165,14 @@ def _driver(argv: list[str]) -> int:
             kill_at = (int(step), where)
 
     if nan_at is not None:
-        import perfkit.model as model_pkg
-        real_loss, calls = model_pkg.cross_entropy_loss, [0]
+        from perfkit.model.loss import LMLoss
+        real_loss, calls = LMLoss.forward, [0]
 
-        def loss_fn(logits, targets):  # one call per micro-batch; eval is off in these tests
+        def loss_fn(self, *args):  # one call per micro-batch; eval is off in these tests
             calls[0] += 1
-            loss = real_loss(logits, targets)
+            loss = real_loss(self, *args)
             return loss * float("nan") if calls[0] == nan_at else loss
-        model_pkg.cross_entropy_loss = loss_fn
+        LMLoss.forward = loss_fn
 
     if kill_at is not None:
         from perfkit.checkpoint import checkpointer, layout

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perfkit.config import ModelConfig
 
 from .accounting import padded_vocab_size
 from .layers import Block, RMSNorm, make_norm
+from .loss import LMLoss
 from .rope import rope_tables
 
 
@@ -35,6 +35,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, self.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        self.loss = LMLoss(fused=cfg.fused_linear_cross_entropy)  # no parameters; see loss.py
         if cfg.positions == "rope":
             # (sequence_length, head_dim/2) fp32; derived from the config, so never checkpointed
             half = self.head_dim // 2
@@ -75,8 +76,9 @@ class GPT(nn.Module):
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 
-    def forward(self, idx: Tensor) -> Tensor:
-        """idx (B, T) int64 -> logits (B, T, padded vocab) in the compute dtype."""
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
+        """idx (B, T) int64 -> logits (B, T, padded vocab) in the compute dtype; with targets
+        (B, T) int64 -> () fp32 mean cross-entropy over the targets that are not -100."""
         B, T = idx.shape
         if T > self.cfg.sequence_length:
             raise ValueError(f"sequence of {T} tokens exceeds sequence_length {self.cfg.sequence_length}")
@@ -87,10 +89,7 @@ class GPT(nn.Module):
         rope = (self.rope_cos[:T], self.rope_sin[:T]) if self.rope_cos is not None else None
         for block in self.blocks:
             x = block(x, rope)
-        return self.lm_head(self.final_norm(x))  # (B, T, vocab)
-
-
-def cross_entropy_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean token cross-entropy in fp32 (logits (B, T, V) any dtype, targets (B, T) int64;
-    targets equal to -100 are ignored)."""
-    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=-100)
+        x = self.final_norm(x)  # (B, T, n_embd)
+        if targets is None:
+            return self.lm_head(x)  # (B, T, vocab)
+        return self.loss(x, self.lm_head.weight, targets)

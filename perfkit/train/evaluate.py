@@ -13,7 +13,7 @@ the padding costs at most B - 1 extra rows of forward once per evaluation.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -23,8 +23,7 @@ from perfkit import ranks
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: torch.device,
-             max_batches: int = 0) -> float:
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device, max_batches: int = 0) -> float:
     """Mean validation loss per target token over all ranks; max_batches > 0 caps the pass.
 
     Batches are padded to `batches.micro_batch_size` (the ValLoader's B) or, without that
@@ -40,8 +39,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: tor
         full = full or inputs.shape[0]
         n = targets.numel()                          # real target tokens of this batch
         inputs, targets = _pad_rows(inputs, targets, full)
-        logits = model(inputs)                       # (B, S, V_padded)
-        loss_sum += loss_fn(logits, targets).double() * n  # the loss means over non-ignored targets
+        loss_sum += model(inputs, targets).double() * n  # the model's loss means over non-ignored targets
         count += n
     if ranks.world_size() > 1:
         both = torch.stack([loss_sum, count])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +60,6 @@ class TrainParts:
     scheduler: Any                      # torch LR scheduler (state_dict / load_state_dict)
     loader: Any                         # TrainLoader: next_batch(), time_waiting_s, state_dict()
     val_loader: Any                     # finite iterable of (inputs, targets), or None
-    loss_fn: Callable
     progress: Progress = field(default_factory=Progress)
     guard: Any = None                   # perfkit.train.faults.NonFiniteGuard
     checkpointer: Any = None            # perfkit.checkpoint.Checkpointer
@@ -97,7 +96,7 @@ def _log(metrics: MetricsLogger, step: int, record: dict, kind: str = "train") -
 def _run_eval(parts: TrainParts, env: Env, cfg: TrainingConfig, metrics: MetricsLogger) -> float | None:
     if parts.val_loader is None:
         return None
-    val = evaluate(parts.model, parts.val_loader, parts.loss_fn, env.device, cfg.eval_batches)
+    val = evaluate(parts.model, parts.val_loader, env.device, cfg.eval_batches)
     _log(metrics, parts.progress.step, {"val_loss": val}, kind="val")
     return val
 
@@ -123,7 +122,7 @@ def _train(parts: TrainParts, plan: Plan, cfg: TrainingConfig, env: Env, metrics
 
     while progress.step < plan.max_steps:
         lr = parts.optimizer.param_groups[0]["lr"]  # the lr this step uses (a Python float: no sync)
-        result = train_step(parts.model, parts.optimizer, parts.scheduler, loader.next_batch, parts.loss_fn,
+        result = train_step(parts.model, parts.optimizer, parts.scheduler, loader.next_batch,
                             grad_accum=plan.grad_accum_steps, grad_clip=cfg.grad_clip, guard=parts.guard,
                             step_number=progress.step + 1)
         progress.step += 1

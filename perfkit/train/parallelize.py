@@ -2,7 +2,8 @@
 
 Order (torchtitan's, for reasons):
 1. Construct on the meta device: no memory, so a model larger than one GPU can be described.
-2. `block.compile(fullgraph=True)` per transformer block - in place, so parameter names stay
+2. Activation checkpointing of every k-th block (activation_checkpoint.py), then
+   `block.compile(fullgraph=True)` per transformer block - in place, so parameter names stay
    `blocks.0.attn...` (a checkpoint loads with compile on or off) and every block reuses one graph.
 3. `fully_shard` per block, then the root (embedding, final norm, head): one all-gather per block
    in forward, one reduce-scatter per block in backward, overlapped with compute. The root never
@@ -21,7 +22,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from perfkit.config import ModelConfig, ParallelConfig
-from perfkit.model import GPT, cross_entropy_loss
+from perfkit.model import GPT
+from perfkit.train.activation_checkpoint import apply_activation_checkpointing
 
 
 def mp_policy(par: ParallelConfig, device: torch.device, cast_inputs: bool = True) -> MixedPrecisionPolicy:
@@ -50,9 +52,14 @@ def build_model(model_cfg: ModelConfig, par: ParallelConfig, device: torch.devic
         with torch.device("meta"):
             model = GPT(model_cfg)
 
+    # checkpointing before compile (one traced region per block) and before fully_shard
+    apply_activation_checkpointing(model.blocks, par.activation_checkpointing, par.activation_checkpointing_every)
     if par.compile:
         for block in model.blocks:
             block.compile(fullgraph=True)
+        # head matmul + loss: compiling fuses the fp32 upcast of the (B, S, V) logits into the
+        # log-softmax instead of materializing fp32 copies (the largest activations of GPT-2 size)
+        model.loss.compile(fullgraph=True)
 
     block_policy = mp_policy(par, device, cast_inputs=False)
     n = len(model.blocks)
@@ -79,10 +86,3 @@ def set_gradient_sync(model: nn.Module, sync: bool) -> None:
     (gradients accumulate unsharded locally, then one reduce-scatter per step)."""
     if isinstance(model, FSDPModule):
         model.set_requires_gradient_sync(sync)
-
-
-def build_loss_fn(par: ParallelConfig):
-    """The training loss: perfkit.model.cross_entropy_loss, compiled when the blocks are. Compiling
-    fuses the fp32 upcast of the (B, S, V) logits into the log-softmax instead of materializing
-    fp32 copies of them (the largest activations of a GPT-2-sized model)."""
-    return torch.compile(cross_entropy_loss) if par.compile else cross_entropy_loss

@@ -32,7 +32,7 @@ from perfkit.train.faults import NonFiniteGuard
 from perfkit.train.heartbeat import Heartbeat
 from perfkit.train.loop import TrainParts
 from perfkit.train.optimizer import build_optimizer
-from perfkit.train.parallelize import build_loss_fn, build_model
+from perfkit.train.parallelize import build_model
 from perfkit.train.plan import Plan, make_plan
 from perfkit.train.preemption import PreemptionGuard
 from perfkit.train.schedules import build_scheduler
@@ -164,7 +164,7 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None, datasets: 
         loader = build_train_loader(cfg.data, dataset=datasets.train, **loader_args)
         val_loader = build_val_loader(cfg.data, dataset=datasets.val, **loader_args)
     return TrainParts(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
-                      val_loader=val_loader, loss_fn=build_loss_fn(cfg.parallel),
+                      val_loader=val_loader,
                       guard=NonFiniteGuard(cfg.training.on_nonfinite))
 
 

@@ -42,7 +42,7 @@ def grad_norm_and_clip(params: list[nn.Parameter], max_norm: float) -> torch.Ten
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, next_batch: Callable,
-               loss_fn: Callable, *, grad_accum: int, grad_clip: float, guard=None,
+               *, grad_accum: int, grad_clip: float, guard=None,
                step_number: int = 0) -> StepResult:
     """Run `grad_accum` micro-batches and one optimizer update.
 
@@ -54,8 +54,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, ne
     for micro in range(grad_accum):
         set_gradient_sync(model, micro == grad_accum - 1)  # reduce-scatter on the last micro-batch only
         inputs, targets = next_batch()
-        logits = model(inputs)                           # (B, S, V_padded)
-        loss = loss_fn(logits, targets) / grad_accum     # () fp32
+        loss = model(inputs, targets) / grad_accum       # () fp32: the model owns the loss
         loss.backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
 

@@ -1,0 +1,189 @@
+"""Fused linear + cross-entropy (perfkit::linear_cross_entropy) against an independent float64
+reference: loss, per-token lse and both gradients, on odd shapes, with ignored targets, chunks that
+do not divide the tokens and vocabularies that do not divide the Triton block. Both the chunked
+PyTorch path (CPU) and the Triton kernels (interpreted on CPU, compiled on CUDA); opcheck;
+fullgraph compile; the GPT with the fused loss equals the unfused GPT, tied and untied heads."""
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from perfkit.config import ModelConfig  # noqa: E402
+from perfkit.kernels import fused_linear_cross_entropy, triton_on_cpu  # noqa: E402
+from perfkit.model import GPT  # noqa: E402
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+PATHS = [
+    pytest.param("torch", id="chunked-torch"),
+    pytest.param("interpret", id="triton-interpret",
+                 marks=pytest.mark.skipif(not _INTERPRET, reason="needs TRITON_INTERPRET=1 (no CUDA)")),
+    pytest.param("cuda", id="triton-cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs CUDA")]),
+]
+
+
+@pytest.fixture(params=PATHS)
+def device(request, monkeypatch):
+    if request.param == "interpret":
+        from perfkit.kernels import linear_cross_entropy_triton as lce
+        assert "Interpreted" in type(lce._ce_fwd_kernel).__name__, "imported before TRITON_INTERPRET=1"
+        monkeypatch.setattr(lce, "MAX_BLOCK_V", 128)  # several vocab blocks, the last one partial
+        with triton_on_cpu():
+            yield "cpu"
+    else:
+        yield "cuda" if request.param == "cuda" else "cpu"
+
+
+def _inputs(n, d, v, device, seed, ignore=()):
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=gen)
+    w = torch.randn(v, d, generator=gen) * 0.5
+    t = torch.randint(0, v, (n,), generator=gen)
+    t[list(ignore)] = -100
+    return h.to(device), w.to(device), t.to(device)
+
+
+def _reference64(h, w, t, lse_weight=0.0):
+    """float64 autograd of mean CE over non-ignored targets (+ lse_weight * sum(lse))."""
+    h64 = h.detach().double().requires_grad_(True)
+    w64 = w.detach().double().requires_grad_(True)
+    logits = h64 @ w64.T
+    lse = torch.logsumexp(logits, -1)
+    keep = t != -100
+    loss = (lse[keep] - logits[keep].gather(1, t[keep][:, None])[:, 0]).mean()
+    (loss + lse_weight * lse.sum()).backward()
+    return loss.detach(), lse.detach(), h64.grad, w64.grad
+
+
+# (tokens, hidden, vocab, chunk): chunk not dividing tokens, chunk > tokens, one-row chunks, odd vocab
+SHAPES = [(37, 24, 300, 8), (5, 16, 129, 64), (19, 8, 1000, 1), (64, 33, 517, 16)]
+
+
+@pytest.mark.parametrize("n,d,v,chunk", SHAPES, ids=str)
+def test_matches_float64_reference(device, n, d, v, chunk):
+    h, w, t = _inputs(n, d, v, device, seed=n + v, ignore=(0, 3, n - 1))
+    hl, wl = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    loss, lse = fused_linear_cross_entropy(hl, wl, t, chunk_tokens=chunk)
+    loss.backward()
+    ref_loss, ref_lse, ref_dh, ref_dw = _reference64(h.cpu(), w.cpu(), t.cpu())
+    assert loss.dtype == torch.float32 and loss.shape == () and lse.shape == (n,)
+    torch.testing.assert_close(loss.cpu().double(), ref_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.cpu().double(), ref_lse, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hl.grad.cpu().double(), ref_dh, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(wl.grad.cpu().double(), ref_dw, atol=1e-6, rtol=1e-4)
+    assert torch.all(hl.grad[[0, 3, n - 1]] == 0)  # ignored tokens get no gradient
+
+
+def test_lse_gradient_flows(device):
+    """The per-token lse is a differentiable output too (d lse / d logits = softmax)."""
+    h, w, t = _inputs(23, 16, 200, device, seed=7, ignore=(2,))
+    hl, wl = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    loss, lse = fused_linear_cross_entropy(hl, wl, t, chunk_tokens=5)
+    (loss + 0.25 * lse.sum()).backward()
+    _, _, ref_dh, ref_dw = _reference64(h.cpu(), w.cpu(), t.cpu(), lse_weight=0.25)
+    torch.testing.assert_close(hl.grad.cpu().double(), ref_dh, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(wl.grad.cpu().double(), ref_dw, atol=1e-5, rtol=1e-4)
+
+
+def test_equals_unfused_f_cross_entropy_in_fp32(device):
+    h, w, t = _inputs(41, 32, 777, device, seed=3, ignore=(1, 2, 40))
+    fused = fused_linear_cross_entropy(h, w, t, chunk_tokens=16)[0]
+    unfused = F.cross_entropy(h @ w.T, t, ignore_index=-100)
+    torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
+
+
+def test_all_targets_ignored_is_nan_like_f_cross_entropy():
+    h, w, t = _inputs(4, 8, 50, "cpu", seed=1, ignore=(0, 1, 2, 3))
+    assert torch.isnan(fused_linear_cross_entropy(h, w, t)[0])
+    assert torch.isnan(F.cross_entropy(h @ w.T, t, ignore_index=-100))
+
+
+def test_bad_shapes_are_refused():
+    h, w, t = _inputs(4, 8, 50, "cpu", seed=1)
+    with pytest.raises(ValueError, match="weight"):
+        fused_linear_cross_entropy(h, w[:, :7], t)
+    with pytest.raises(ValueError, match="targets"):
+        fused_linear_cross_entropy(h, w, t[:3])
+
+
+def _opcheck_cases():
+    h, w, t = _inputs(13, 8, 70, "cpu", seed=5, ignore=(4,))
+    h.requires_grad_(True)
+    w.requires_grad_(True)
+    ops = torch.ops.perfkit
+    loss, lse = ops.linear_cross_entropy(h, w, t, -100, 4)
+    return [(ops.linear_cross_entropy.default, (h, w, t, -100, 4)),
+            (ops.linear_cross_entropy_backward.default,
+             (torch.tensor(1.5), torch.randn(13), h.detach(), w.detach(), t, lse.detach(), -100, 4))]
+
+
+def test_opcheck_chunked_torch_path():
+    for op, args in _opcheck_cases():
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.skipif(not _INTERPRET, reason="needs TRITON_INTERPRET=1")
+def test_opcheck_triton_path_interpreted():
+    with triton_on_cpu():
+        for op, args in _opcheck_cases():
+            torch.library.opcheck(op, args)
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(vocab_size=1000, sequence_length=32, n_layer=2, n_embd=48, n_head_q=6, n_head_kv=2,
+                ffn_hidden=128)
+    return ModelConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_gpt_fused_loss_equals_unfused(tied):
+    torch.manual_seed(0)
+    unfused = GPT(tiny(tie_embeddings=tied))
+    fused = GPT(tiny(tie_embeddings=tied, fused_linear_cross_entropy=True))
+    fused.load_state_dict(copy.deepcopy(unfused.state_dict()))
+    assert (fused.lm_head.weight is fused.tok_emb.weight) == tied
+    gen = torch.Generator().manual_seed(1)
+    idx, targets = torch.randint(0, 1000, (3, 29), generator=gen), torch.randint(0, 1000, (3, 29), generator=gen)
+    targets[1, 3:9] = -100
+    a, b = unfused(idx, targets), fused(idx, targets)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    a.backward()
+    b.backward()
+    for (name, p), q in zip(fused.named_parameters(), unfused.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_fused_loss_compiles_fullgraph():
+    """The model's loss module with the fused op compiles without a graph break (fake impl and
+    registered autograd) and gives the eager loss and gradients."""
+    torch._dynamo.reset()
+    model = GPT(tiny(fused_linear_cross_entropy=True))
+    seen = []
+
+    def recording(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    compiled = torch.compile(model.loss, fullgraph=True, backend=recording)  # raises on a graph break
+    h = torch.randn(2, 11, 48)
+    t = torch.randint(0, 1000, (2, 11))
+    w = model.lm_head.weight
+    hc = h.clone().requires_grad_(True)
+    loss = compiled(hc, w, t)
+    loss.backward()
+    dw = w.grad.clone()
+    w.grad = None
+    he = h.clone().requires_grad_(True)
+    expected = model.loss(he, w, t)
+    expected.backward()
+    assert any("perfkit.linear_cross_entropy" in s for s in seen), seen
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(hc.grad, he.grad)
+    torch.testing.assert_close(dw, w.grad)
+    torch._dynamo.reset()
