@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from perfkit.atomic import write_atomic
+
 # axis -> (shape overrides, description, [(variant, overrides)]); the first variant is the ratios' base
 AXES = {
     "loss": (["--model.vocab_size=128256", "--model.sequence_length=1024", "--model.n_layer=2",
@@ -85,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
     if args.md:
-        from perfkit.atomic import write_atomic
         write_atomic(args.md, (text + "\n").encode())
     return 0
 

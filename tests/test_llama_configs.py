@@ -20,13 +20,13 @@ PUBLISHED = {"configs/llama3_1b.toml": (1_235_814_400, 1_235_814_400 - 128_256 *
 @pytest.mark.parametrize("config", sorted(PUBLISHED))
 def test_dry_run_reports_the_published_parameter_counts(config, tmp_path, capsys, monkeypatch):
     import perfkit.model.gpt as gpt
-    from perfkit.train.main import main
+    from perfkit.train.train_cmd import main
 
     def no_model(*a, **k):
         raise AssertionError("--dry-run must not build the model")
     monkeypatch.setattr(gpt.GPT, "__init__", no_model)
-    train, val = make_dataset(tmp_path / "data", train_docs=64, doc_len=200)  # one 8192-token window
-    rc = main([config, "--dry-run", f'--data.train=["{train}"]', f'--data.val=["{val}"]',
+    train, _ = make_dataset(tmp_path / "data", train_docs=64, doc_len=200)  # one 8192-token window
+    rc = main([config, "--dry-run", f'--data.train=["{train}"]', "--data.val=[]",  # val: too few tokens
                "--training.global_batch_size=1", "--training.max_steps=1", f"--run.root={tmp_path / 'runs'}"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)

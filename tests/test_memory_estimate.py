@@ -105,7 +105,7 @@ sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 parts = setup.build_train_parts(cfg, env, plan)
 for i in range(2):
-    train_step(parts.model, parts.optimizer, parts.scheduler, parts.loader.next_batch, parts.loss_fn,
+    train_step(parts.model, parts.optimizer, parts.scheduler, parts.loader.next_batch,
                grad_accum=plan.grad_accum_steps, grad_clip=1.0, guard=parts.guard, step_number=i + 1)
 done.set()
 sampler.join()
@@ -131,7 +131,19 @@ def test_estimate_tracks_the_measured_rss_growth_of_training_steps(tmp_path):
     for shape in (["--model.n_layer=4", "--model.n_embd=256", "--model.ffn_hidden=768",
                    "--model.sequence_length=256", "--training.micro_batch_size=8"],
                   ["--model.vocab_size=8192", "--model.n_embd=128", "--model.ffn_hidden=384",
-                   "--model.sequence_length=256", "--training.micro_batch_size=16"]):
+                   "--model.sequence_length=256", "--training.micro_batch_size=16"],
+                  # the fused loss: logits never whole (vocab large enough that they would dominate)
+                  ["--model.vocab_size=32768", "--model.n_embd=128", "--model.ffn_hidden=384",
+                   "--model.sequence_length=256", "--training.micro_batch_size=16",
+                   "--model.fused_linear_cross_entropy=true"],
+                  # activation checkpointing: 8 blocks, every block recomputed ("full") or every
+                  # second one keeping its matmul outputs ("op")
+                  ["--model.n_layer=8", "--model.n_embd=256", "--model.ffn_hidden=768",
+                   "--model.sequence_length=256", "--training.micro_batch_size=16",
+                   "--parallel.activation_checkpointing=full"],
+                  ["--model.n_layer=8", "--model.n_embd=256", "--model.ffn_hidden=768",
+                   "--model.sequence_length=256", "--training.micro_batch_size=16",
+                   "--parallel.activation_checkpointing=op", "--parallel.activation_checkpointing_every=2"]):
         m = _rss_run(tmp_path, train, shape)
         measured = m["grown"] - fixed
         assert abs(m["estimate"] - measured) <= 0.20 * measured, (shape, m, fixed)
@@ -210,3 +222,24 @@ def test_bench_refuses_a_config_that_does_not_fit_before_building_it(tmp_path, c
     err = capsys.readouterr().err
     assert rc == 1 and "this run needs about" in err and "$.run.check_memory = false" in err
     assert not (tmp_path / "b.jsonl").exists()
+
+
+def test_checkpointing_and_the_fused_loss_shrink_their_terms():
+    """The settings issue 15 adds change only the activations and logits terms, in the order the
+    CPU benchmark measured (bench/results/*memory_cpu_2026-12-02.md): full < op < none; the fused
+    loss's logits term is a small fraction of the unfused one at Llama 3's vocabulary."""
+    cfg = ModelConfig(**{**BASE, "n_layer": 8, "n_embd": 256, "ffn_hidden": 768, "sequence_length": 1024})
+    est = {mode: estimate_memory(cfg, ParallelConfig(activation_checkpointing=mode, init_device="meta"),
+                                 micro_batch_size=4, world_size=1, device_type="cpu").breakdown
+           for mode in ("none", "op", "full")}
+    assert est["full"]["activations"] < est["op"]["activations"] < est["none"]["activations"]
+    assert all(est[m]["logits"] == est["none"]["logits"] for m in est)
+    big = ModelConfig(**{**BASE, "vocab_size": 128_256, "sequence_length": 4096})
+    unfused, fused = (estimate_memory(ModelConfig(**{**_fields(big), "fused_linear_cross_entropy": f}),
+                                      ParallelConfig(init_device="meta"), micro_batch_size=1, world_size=1,
+                                      device_type="cpu").breakdown["logits"] for f in (False, True))
+    assert fused < 0.2 * unfused
+
+
+def _fields(m):
+    return {f: getattr(m, f) for f in m.__struct_fields__}

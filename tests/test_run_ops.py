@@ -312,16 +312,16 @@ def _driver(argv: list[str]) -> int:
             return real_add(self, tag, scalar, step, *a, **k)
         SummaryWriter.add_scalar = add_scalar
     if "--slow-first-step" in value:
-        import perfkit.model as model_pkg
-        real_loss, calls, seconds = model_pkg.cross_entropy_loss, [0], float(value["--slow-first-step"])
+        from perfkit.model.loss import LMLoss
+        real_loss, calls, seconds = LMLoss.forward, [0], float(value["--slow-first-step"])
 
-        def loss_fn(logits, targets):
+        def loss_fn(self, *args, **kwargs):  # the loss lives inside the model (LMLoss)
             calls[0] += 1
             if calls[0] == 1:
                 print("slow first step", file=sys.stderr, flush=True)
                 time.sleep(seconds)
-            return real_loss(logits, targets)
-        model_pkg.cross_entropy_loss = loss_fn
+            return real_loss(self, *args, **kwargs)
+        LMLoss.forward = loss_fn
     if "--heartbeat-every" in value:
         from perfkit.train import heartbeat
         heartbeat.INTERVAL_S = float(value["--heartbeat-every"])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perfkit.kernels import fused_linear_cross_entropy
+from perfkit.kernels.linear_cross_entropy import default_chunk_tokens  # noqa: F401 (rows per chunk; the memory estimate reads it)
 
 IGNORE_INDEX = -100  # targets equal to this are left out of the mean (the val padding uses it)
 

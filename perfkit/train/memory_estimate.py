@@ -22,8 +22,8 @@ What it covers, per process (FSDP2 full sharding over `world_size` ranks, perfki
   differentiated). Counted on the PyTorch reference ops (tests/test_memory_estimate.py sums the
   saved tensors of real models against it); the Triton kernels and torch.compile are not
   measured here (no GPU on the test machine) and are expected to save no more.
-- logits: four fp32 (micro_batch, sequence, padded vocab) arrays: the logits, the log-softmax
-  cross-entropy saves, and the two gradients of that size in backward; + the bf16 logits in mixed
+- logits: three fp32 (micro_batch, sequence, padded vocab) arrays at the backward peak: the
+  log-softmax cross-entropy saves and the two gradients of that size; + the bf16 logits in mixed
   precision. (A compiled loss fuses some of them: then this is an upper bound.)
 Checked on CPU (tests/test_memory_estimate.py): within 20% (measured 2-5%) of the peak growth of
 anonymous resident memory over two real training steps, beyond a tiny model's (the runtime's
@@ -32,8 +32,15 @@ Not covered (so, but for a compiled loss's logits, the estimate is a lower bound
 context and the caching allocator's slack (typically 0.5-2 GiB per GPU), the CPU runtime's own
 libraries and buffers, the loader's prefetched batches, torch.compile's workspace, NCCL buffers.
 
-Activation checkpointing or a fused linear + cross-entropy (later issues) change only the
-activation and logits terms: extend `_block_values_per_token` and `_logit_bytes`.
+Activation checkpointing ($.parallel.activation_checkpointing, every k-th block) changes the
+activations term: a "full" block keeps only its input (n_embd values per token), an "op" block its
+input and the outputs of its matmuls and attention (q, k, v, attention, o-projection, the MLP's
+up/gate/down projections); the backward working set (one block's full values) is still counted,
+plus the recomputation in a checkpointed block's backward (two blocks' values for "full", one
+for "op").
+The fused linear + cross-entropy ($.model.fused_linear_cross_entropy) changes the logits term to
+one (chunk, vocab) fp32 block (the chunk's logits, turned into their gradient in place in
+backward), the fp32 d(head weight) accumulator and one fp32 log-sum-exp per token.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import torch
 from perfkit.config import ModelConfig, OptimizerConfig, ParallelConfig
 from perfkit.errors import UserError
 from perfkit.model.accounting import padded_vocab_size, parameter_count
+from perfkit.model.loss import default_chunk_tokens
 
 GIB = 2**30
 FP32 = 4
@@ -95,6 +103,35 @@ def _block_values_per_token(m: ModelConfig) -> int:
     return 9 * m.n_embd + rope + mlp + 6
 
 
+def _checkpointed_values_per_token(m: ModelConfig, mode: str) -> int:
+    """Values a checkpointed block keeps per token ("full": its input; "op": see the docstring)."""
+    if mode == "full":
+        return m.n_embd
+    kv_width = m.n_head_kv * (m.n_embd // m.n_head_q)
+    mlp = (3 if m.activation == "swiglu" else 2) * m.ffn_hidden  # up + gate (+ down's input side)
+    return m.n_embd + (m.n_embd + 2 * kv_width) + 2 * m.n_embd + mlp + m.n_embd + m.n_head_q
+
+
+def _activation_values_per_token(m: ModelConfig, par: ParallelConfig) -> int:
+    """Saved values per token over all blocks, under the activation-checkpointing setting."""
+    full = _block_values_per_token(m)
+    mode = par.activation_checkpointing
+    if mode == "none":
+        return m.n_layer * full
+    checkpointed = len(range(0, m.n_layer, par.activation_checkpointing_every))
+    # + the recomputation inside a checkpointed block's backward: "full" re-creates the block's
+    # values and their gradients (two blocks' worth), "op" only the elementwise parts (about one);
+    # measured on CPU (tests/test_memory_estimate.py): without this term "full" was 40% under
+    recompute = (2 if mode == "full" else 1) * full
+    return checkpointed * _checkpointed_values_per_token(m, mode) + (m.n_layer - checkpointed) * full + recompute
+
+
+def _fused_logit_bytes(m: ModelConfig, tokens: int, padded_vocab: int) -> int:
+    chunk = min(tokens, default_chunk_tokens(padded_vocab))
+    # one (chunk, vocab) fp32 block alive at a time (backward turns it into its gradient in place)
+    return chunk * padded_vocab * FP32 + padded_vocab * m.n_embd * FP32 + tokens * FP32
+
+
 def saved_for_backward_bytes(m: ModelConfig, micro_batch_size: int, compute_bytes: int = FP32) -> int:
     """Bytes autograd keeps from forward to backward for one micro-batch: the blocks' saved
     tensors, the embedding/final-norm ones, and the fp32 log-softmax of the loss."""
@@ -104,8 +141,10 @@ def saved_for_backward_bytes(m: ModelConfig, micro_batch_size: int, compute_byte
 
 
 def _logit_bytes(tokens: int, padded_vocab: int, compute_bytes: int) -> int:
-    # fp32 logits, saved log-softmax, its gradient and the logits' gradient, all (tokens, vocab)
-    per_value = 4 * FP32 + (compute_bytes if compute_bytes != FP32 else 0)
+    # at the peak, in backward, three fp32 (tokens, vocab) arrays: the saved log-softmax, its
+    # gradient and the logits' gradient (the logits themselves are freed after forward since the
+    # loss lives inside the model); + the logits in the compute dtype under bf16
+    per_value = 3 * FP32 + (compute_bytes if compute_bytes != FP32 else 0)
     return tokens * padded_vocab * per_value
 
 
@@ -130,8 +169,11 @@ def estimate_memory(model: ModelConfig, parallel: ParallelConfig, optimizer: Opt
     optim = ADAM_MOMENTS * FP32 * shard
     tokens = micro_batch_size * model.sequence_length
     # the blocks' saved tensors + one block's worth of backward working set
-    activations = tokens * ((model.n_layer + 1) * _block_values_per_token(model) + 3 * model.n_embd + 3) * compute
-    logits = _logit_bytes(tokens, padded_vocab_size(model.vocab_size), compute)
+    per_token = _activation_values_per_token(model, parallel) + _block_values_per_token(model) + 3 * model.n_embd + 3
+    activations = tokens * per_token * compute
+    vocab = padded_vocab_size(model.vocab_size)
+    logits = (_fused_logit_bytes(model, tokens, vocab) if model.fused_linear_cross_entropy
+              else _logit_bytes(tokens, vocab, compute))
     return MemoryEstimate(
         breakdown={"parameters": params, "gradients": grads, "optimizer_state": optim,
                    "activations": activations, "logits": logits},
