@@ -16,7 +16,8 @@
 #   gpu-tests  pytest -m gpu (the only place the CUDA tests of every part run)
 #   kernels    python -m perfkit.bench.kernels at the model's shapes           -> OUTDIR/kernels.jsonl
 #   loader     python -m perfkit.bench.loader                                  -> OUTDIR/loader.jsonl
-#   then, only while the budget lasts: kernels-wide (hidden 4096/8192 at 64k rows) and train-mb32
+#   then, only while the budget lasts: kernels-wide (hidden 4096/8192 at 64k rows), train-mb32 and
+#   train-llama1b-loss (configs/llama3_1b.toml, fused vs unfused loss)
 #   (the Triton variant at micro-batch 32, a candidate default for gpt2.toml)
 # Every step has its own timeout and all share one deadline (BUDGET_S, default 465 s); a step that
 # fails or times out is recorded with its exit code and the next one runs. All output goes to
@@ -194,6 +195,10 @@ step loader 45 "$PY" -m perfkit.bench.loader --batch 16 --seconds 1 --wait-steps
 # ---- only if time is left: the rest of issue 4's shape grid, and a larger micro-batch for gpt2.toml
 step kernels-wide 90 "$PY" -m perfkit.bench.kernels --rows 65536 --hidden 4096 8192 --json "$OUT/kernels.jsonl"
 step train-mb32 120 "${BENCH[@]}" --steps 8 --warmup 3 --training.micro_batch_size=32
+# issue 15 on the GPU: Llama 3.2 1B shapes (seq 8192, vocab 128,256), fused vs compiled unfused loss,
+# one micro-batch per step (MFU and peak memory per variant; random tokens: no Llama-vocab .pbin travels)
+step train-llama1b-loss 200 "$PY" -m perfkit.cli bench configs/llama3_1b.toml --synthetic --json "$OUT/train.jsonl" \
+    --run.root="$RUNS" --steps 6 --warmup 2 --compare loss --training.global_batch_size=1
 
 # ---- summary ------------------------------------------------------------------------------------
 timeout 60 "$PY" bench/device_summary.py "$OUT" "$STEPS" 2>&1 | tee -a "$LOG" || {

@@ -1,7 +1,7 @@
 """`perfkit bench [train] [CONFIG] ...`: tokens/s per GPU of a config's real training step.
 
     perfkit bench configs/gpt2.toml [--steps 20] [--warmup 5] [--synthetic] [--profile [--memory-snapshot]]
-                  [--compare kernels|compile|reshard] [--json FILE] [--override KEY=VALUE ...] [--KEY=VALUE ...]
+                  [--compare kernels|compile|reshard|loss] [--json FILE] [--override KEY=VALUE ...] [--KEY=VALUE ...]
     torchrun --nproc_per_node 8 -m perfkit.bench.train configs/gpt2.toml --synthetic
 
 Builds the trainer's own parts (perfkit.bench.train_parts), runs `--warmup` untimed steps (compile,
@@ -16,7 +16,8 @@ the checkout; bench/results/ holds only the records committed on purpose).
 --profile       torch.profiler over --profile-steps more steps after the timed ones: a Chrome/Perfetto
                 trace per rank in the run folder (<run.root>/bench_<time>/) and a table of top operations.
 --compare AXIS  variants in one run, each built fresh, side by side with ratios to the first:
-                kernels (triton vs torch), compile (on vs off), reshard (reshard_after_forward on vs off).
+                kernels (triton vs torch), compile (on vs off), reshard (reshard_after_forward on vs off),
+                loss (fused linear + cross-entropy vs unfused).
 On CPU (configs/cpu_debug.toml) the numbers are tokens/s per process and MFU is n/a.
 Exit codes: 0 measured; 1 error (missing data, non-finite loss, ...); 2 bad config or arguments.
 
@@ -45,6 +46,8 @@ COMPARE = {
     "compile": [("compile", ["--parallel.compile=true"]), ("eager", ["--parallel.compile=false"])],
     "reshard": [("reshard", ["--parallel.reshard_after_forward=true"]),
                 ("no-reshard", ["--parallel.reshard_after_forward=false"])],
+    "loss": [("fused", ["--model.fused_linear_cross_entropy=true"]),
+             ("unfused", ["--model.fused_linear_cross_entropy=false"])],
 }
 
 

@@ -227,3 +227,16 @@ def test_unwritable_json_path_is_refused_before_any_work(tmp_path, capsys, suite
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_compare_loss_measures_fused_and_unfused_on_the_same_batches(tmp_path):
+    """--compare loss (device_check's Llama step): the fused linear + cross-entropy and the unfused
+    loss, each built fresh from the same seed on the same synthetic batches, so their last losses
+    agree to fp32 rounding while their step times and memory are compared."""
+    rc, records = bench(tmp_path, "--synthetic", "--compare", "loss")
+    assert rc == 0
+    assert [r["variant"] for r in records] == ["fused", "unfused"]
+    for r in records:
+        check_consistent(r)
+        assert r["compare"] == "loss"
+    assert records[0]["loss_last"] == pytest.approx(records[1]["loss_last"], rel=1e-4)
