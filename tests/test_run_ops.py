@@ -166,7 +166,12 @@ def test_full_disk_under_the_metrics_stops_every_rank_with_one_line(tmp_path, da
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfkit train:") and "failed" in ln]
     tracebacks = r.stderr.count("Traceback")  # under torchrun: only the launcher's own ChildFailedError
     assert tracebacks == (0 if nproc == 1 else r.stderr.count("ChildFailedError") // 2), r.stderr[-3000:]
-    assert len(errors) == nproc, r.stderr[-3000:]
+    # every rank prints the agreed line, but under torchrun the launcher terminates the other ranks
+    # as soon as the first exits non-zero, which can land before a slower rank's print: rank 0's line
+    # is required, the others' when they got to print (each then the same agreed line)
+    assert any(ln.startswith("perfkit train: rank 0: ") for ln in errors) if nproc > 1 else len(errors) == 1, \
+        r.stderr[-3000:]
+    assert 1 <= len(errors) <= nproc, r.stderr[-3000:]
     for line in errors:
         assert f"step 5: metrics: {'rank 0: ' if nproc > 1 else ''}writing {target} failed (No space left" in line
         assert "MiB free on its filesystem" in line and "no checkpoint was attempted" in line

@@ -97,7 +97,7 @@ class Checkpointer:
         A failed save (disk full, quota, I/O error, on any rank) raises CheckpointError on every
         rank with one message: which rank and why, the space left, and the last complete
         checkpoint, which is never touched. The half-written folder is removed to give the space
-        back. Every rank-local step ends in an all-gather of its outcome (`_all_succeed`), so a
+        back. Every rank-local step ends in an all-gather of its outcome (`all_ranks_succeed`), so a
         rank whose write failed never leaves the others waiting in the next collective."""
         if self.faults is not None:
             # a run that hit a non-finite value in "stop" mode must not checkpoint poisoned weights;
@@ -125,7 +125,7 @@ class Checkpointer:
 
     def _write(self, step: int, partial: Path, final: Path) -> None:
         rank, world = _rank(self.group), _world(self.group)
-        _all_succeed(lambda: rank == 0 and layout.clear_partial(partial), self.group)  # a killed save's leftover
+        all_ranks_succeed(lambda: rank == 0 and layout.clear_partial(partial), self.group)  # a killed save's leftover
 
         def small_files():
             torch.save(state.capture_rng(), partial / rng_file(rank))
@@ -140,25 +140,25 @@ class Checkpointer:
                 if self.config is not None:
                     (partial / CONFIG_JSON).write_text(json.dumps(_jsonable(self.config), indent=1, sort_keys=True))
 
-        _all_succeed(small_files, self.group)
+        all_ranks_succeed(small_files, self.group)
 
         def shards():
             with _quiet_single_process():
                 dcp.save(self._sharded_state(), checkpoint_id=str(partial), process_group=self.group,
                          no_dist=not _distributed())
 
-        _all_succeed(shards, self.group)
+        all_ranks_succeed(shards, self.group)
         # dcp.save returns once every rank's shards and the coordinator's .metadata are written,
         # so every file is in place now; ranks split the checksumming of rank 0's listing (one
         # listing: on a network filesystem two ranks' directory views may briefly differ)
         names = _agree(lambda: layout.data_files(partial), self.group)
-        mine = _all_succeed(lambda: {n: {"bytes": (partial / n).stat().st_size,
+        mine = all_ranks_succeed(lambda: {n: {"bytes": (partial / n).stat().st_size,
                                          "crc32": layout.file_crc32(partial / n)}
                                      for n in names[rank::world]}, self.group)
         entries = {}
         for part in _gather(mine, self.group):
             entries.update(part)
-        _all_succeed(lambda: rank == 0 and layout.write_manifest_and_commit(partial, final, entries, step),
+        all_ranks_succeed(lambda: rank == 0 and layout.write_manifest_and_commit(partial, final, entries, step),
                      self.group)
 
     def _save_failed(self, step: int, final: Path, reason: str) -> str:
@@ -389,7 +389,7 @@ def _barrier(group) -> None:
         dist.barrier(group=group)
 
 
-def _all_succeed(work, group):
+def all_ranks_succeed(work, group):
     """Run `work()` on every rank, then all-gather the outcomes: its result when every rank
     succeeded, else CheckpointError naming the first rank that failed and why (on every rank)."""
     try:

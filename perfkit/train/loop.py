@@ -7,7 +7,7 @@ checkpoint saves.
 
 Writing metrics is agreed like a checkpoint save: only rank 0 writes, but every rank learns the
 outcome on the logging step (the all-gather of perfkit/checkpoint/checkpointer.py's
-`_all_succeed`), so a full disk stops all ranks together with one line (MetricsWriteError)
+`all_ranks_succeed`), so a full disk stops all ranks together with one line (MetricsWriteError)
 instead of leaving the others waiting in the next collective.
 """
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from perfkit.checkpoint import CheckpointError
-from perfkit.checkpoint.checkpointer import _all_succeed as all_ranks_succeed
+from perfkit.checkpoint.checkpointer import all_ranks_succeed  # the outcome all-gather saves use too
 from perfkit.config import MetricsConfig, TrainingConfig
 from perfkit.metrics import MetricsLogger, MetricsWriteError, host_peak_rss_gib, throughput
 from perfkit.train.distributed import Env, mean_across_ranks
