@@ -13,3 +13,18 @@ for bad input.
 
 class UserError(ValueError):
     """Bad input, reported in one line that names the file, line or config key."""
+
+
+def print_line(text: str) -> None:
+    """Print one line to stderr in a single write(2).
+
+    Ranks launched by torchrun share one stderr pipe; `print` may issue the text and its newline
+    as two writes (unbuffered stderr), so two ranks' lines can run into one. One write of at most
+    PIPE_BUF bytes is atomic on a pipe; a longer line is still written whole, in order."""
+    import os
+    import sys
+
+    sys.stderr.flush()  # whatever this process printed before comes first
+    data = (text.rstrip("\n") + "\n").encode("utf-8", "replace")
+    while data:
+        data = data[os.write(2, data):]

@@ -24,7 +24,7 @@ import sys
 import traceback
 
 from perfkit.config import Config, ConfigError, config_to_dict, load_config
-from perfkit.errors import UserError
+from perfkit.errors import UserError, print_line
 
 EXIT_CODES = {
     0: "training reached its target",
@@ -83,7 +83,7 @@ def _stop(code: int, message: str) -> int:
         from perfkit.train.distributed import agree_on_setup
 
         code, message = agree_on_setup((code, message)) or (code, message)
-    print(f"perfkit train: {message}", file=sys.stderr)
+    print_line(f"perfkit train: {message}")
     return code
 
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
         if args.dry_run:
-            print(f"perfkit train: invalid config: {e}", file=sys.stderr)
+            print_line(f"perfkit train: invalid config: {e}")
             return INVALID
         return _stop(INVALID, f"invalid config: {e}")
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         setup.check_data(cfg, datasets)
     except UserError as e:  # bad input: one line; a bug (any other error) keeps its traceback
         if args.dry_run:
-            print(f"perfkit train: {e}", file=sys.stderr)
+            print_line(f"perfkit train: {e}")
             return INVALID
         return _stop(INVALID, str(e))
     except Exception as e:  # unexpected (an unreadable .pbin, ...): a traceback, but agreed like the rest
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     # this rank's checks passed; go on only if every rank's did, with the same config and plan
     agreed = setup.distributed.agree_on_setup(None, resolved_config(cfg, plan))
     if agreed is not None:
-        print(f"perfkit train: {agreed[1]}", file=sys.stderr)
+        print_line(f"perfkit train: {agreed[1]}")
         return agreed[0]
     from perfkit.metrics import MetricsWriteError
     from perfkit.train.faults import NonFiniteError
@@ -142,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return setup.run(cfg, env, plan, resolved_config(cfg, plan), datasets)
     except (NonFiniteError, TrainingError, MetricsWriteError) as e:  # during training
-        print(f"perfkit train: rank {env.rank}: {e}", file=sys.stderr)
+        print_line(f"perfkit train: rank {env.rank}: {e}")
         return FAILED
     except UserError as e:  # found after the process group exists, before the first step
-        print(f"perfkit train: rank {env.rank}: {e}", file=sys.stderr)
+        print_line(f"perfkit train: rank {env.rank}: {e}")
         return INVALID
     except Exception:
         traceback.print_exc()
