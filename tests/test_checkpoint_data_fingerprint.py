@@ -19,6 +19,7 @@ from test_checkpoint import TINY, TinyNet  # noqa: E402
 
 from perfkit.checkpoint import Checkpointer, CheckpointError  # noqa: E402
 from perfkit.checkpoint import fingerprint  # noqa: E402
+from perfkit.formats import pbin_fingerprint  # noqa: E402
 from perfkit.config import CheckpointConfig  # noqa: E402
 from perfkit.formats.pbin import read_pbin, write_pbin  # noqa: E402
 
@@ -137,7 +138,7 @@ def test_large_file_fingerprint_reads_a_bounded_sample(tmp_path, monkeypatch):
             read.append(len(b))
             return b
 
-    monkeypatch.setattr(fingerprint, "open", lambda p, m: Counting(real_open(p, m)), raising=False)
+    monkeypatch.setattr(pbin_fingerprint, "open", lambda p, m: Counting(real_open(p, m)), raising=False)
     assert fingerprint.file_fingerprint(big) == base
     assert sum(read) <= 12 + 2 * fingerprint.SAMPLE_BLOCKS * fingerprint.BLOCK < big.stat().st_size
     monkeypatch.undo()

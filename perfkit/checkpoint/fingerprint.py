@@ -1,59 +1,19 @@
 """Fingerprints of a run's .pbin files, so that a resume on other data is noticed.
 
-A checkpoint stores, per file of $.data.train and $.data.val (in config order), its size and
-SHA-256 digests of three parts of the .pbin layout:
-
-    header   bytes 0..11 (data-segment length, token width)
-    tokens   the data segment: the whole of it up to SAMPLE_BLOCKS * BLOCK bytes, else SAMPLE_BLOCKS
-             blocks of BLOCK bytes at evenly spaced offsets (first and last block included)
-    index    the document-index pickle after the data segment, sampled the same way
-
-so a fingerprint reads at most 8 MiB per file, a terabyte file included. A change that keeps the
-size and falls between the sampled blocks of a large file goes unseen; any change to a file
-smaller than 4 MiB per part is seen. The path is recorded but not compared: moving the data to
-another folder is not a change.
+A checkpoint stores, per file of $.data.train and $.data.val (in config order), the file's
+fingerprint (formats/pbin_fingerprint.py: its size and digests of a bounded sample of its header,
+tokens and index; at most 8 MiB read per file). The path is recorded but not compared: moving the
+data to another folder is not a change.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 from perfkit.checkpoint.layout import CheckpointError
-
-BLOCK = 1 << 16          # 64 KiB
-SAMPLE_BLOCKS = 64       # per part: at most 4 MiB read
-_HEADER = 12
-
-
-def _digest(f, start: int, length: int) -> str:
-    h = hashlib.sha256(length.to_bytes(8, "little"))
-    if length <= SAMPLE_BLOCKS * BLOCK:
-        offsets, size = [start], length
-    else:
-        span = length - BLOCK
-        offsets, size = [start + span * i // (SAMPLE_BLOCKS - 1) for i in range(SAMPLE_BLOCKS)], BLOCK
-    for off in offsets:
-        f.seek(off)
-        h.update(f.read(size))
-    return h.hexdigest()
-
-
-def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """{"path", "bytes", "header", "tokens", "index"} of one .pbin (see the module docstring)."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        header = f.read(_HEADER)
-        data_len = int.from_bytes(header[:8], "little") if len(header) == _HEADER else 0
-        data_len = min(data_len, max(size - _HEADER, 0))  # a damaged header still fingerprints
-        return {"path": str(path), "bytes": size, "header": hashlib.sha256(header).hexdigest(),
-                "tokens": _digest(f, _HEADER, data_len),
-                "index": _digest(f, _HEADER + data_len, max(size - _HEADER - data_len, 0))}
-
+from perfkit.formats.pbin_fingerprint import BLOCK, SAMPLE_BLOCKS, file_fingerprint  # noqa: F401 (re-exported)
 
 def data_fingerprints(files: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
     """Config key ("$.data.train") -> the fingerprints of its files, in order."""

@@ -24,6 +24,7 @@ import tiktoken
 import tiktoken_ext.openai_public as public
 
 from perfkit.formats.pbin import token_width_for_vocab
+from perfkit.formats.pbin_manifest import TokenizerRecord
 from perfkit.errors import UserError
 
 # sha256 of OpenAI's published ranks files -> the tiktoken encoding they belong to (these are the
@@ -64,6 +65,19 @@ class Tokenizer:
     @property
     def token_width(self) -> int:
         return token_width_for_vocab(self.n_vocab)
+
+    def record(self, eod_id: int) -> TokenizerRecord:
+        """What the .pbin manifest says about this tokenizer. Built-in encodings carry the sha256 of
+        their published ranks file, so `gpt2`, `r50k_base` and a local copy of its file are one
+        tokenizer to the trainer's same-tokenizer check."""
+        path = Path(self.spec.name)
+        local = self.spec.name.endswith(".tiktoken") or path.is_file()
+        base = ALIASES.get(self.spec.name, self.spec.name)
+        sha = (hashlib.sha256(path.read_bytes()).hexdigest() if local else
+               next((h for h, name in KNOWN_RANKS_SHA256.items() if name == base), None))
+        eod = self.encoding.decode_single_token_bytes(eod_id).decode("utf-8", "replace")
+        return TokenizerRecord(kind="tiktoken", name=self.spec.name, vocab_size=self.n_vocab, eod_id=eod_id,
+                               eod_token=eod, file=str(path.resolve()) if local else None, sha256=sha)
 
     def token_id(self, text: str) -> int:
         """The id of a special token (or of a string that is exactly one ordinary token)."""
