@@ -1,7 +1,8 @@
 """The dependency direction of docs/architecture.md, read from the source (imports inside functions count):
 
 cli -> every command module; prep (JSONL -> .pbin, torch-free) -> formats; data (.pbin -> batches)
--> formats, config; train -> model, data, formats, checkpoint, metrics, config; model -> kernels;
+-> formats, config; train -> model, data, formats, checkpoint, metrics, config; checkpoint -> model, formats, config
+(its hf_tokenizer -> prep.tokenizer); model -> kernels;
 kernels -> torch and triton only; config -> errors only; formats, errors and ranks -> nothing of ours
 but errors (and atomic); prep and data never import each other; nothing imports cli or bench.
 """
@@ -32,8 +33,10 @@ ALLOWED = [
     ("perfkit.data", ("perfkit.data", "perfkit.formats", "perfkit.config", "perfkit.atomic", "perfkit.errors")),
     ("perfkit.metrics", ("perfkit.config", "perfkit.atomic", "perfkit.errors")),
     ("perfkit.plot_cmd", ("perfkit.errors",)),
-    ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.config", "perfkit.atomic",
-                            "perfkit.errors", "perfkit.ranks")),
+    # the HF export writes the tokenizer the data was packed with: it resolves it as pack does
+    ("perfkit.checkpoint.hf_tokenizer", ("perfkit.prep.tokenizer", "perfkit.formats", "perfkit.errors")),
+    ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.formats", "perfkit.config",
+                            "perfkit.atomic", "perfkit.errors", "perfkit.ranks")),
     ("perfkit.train", ("perfkit.train", "perfkit.model", "perfkit.data", "perfkit.formats", "perfkit.checkpoint",
                        "perfkit.metrics", "perfkit.config", "perfkit.atomic", "perfkit.errors",
                        "perfkit.ranks")),

@@ -1,0 +1,143 @@
+"""`perfkit export --format hf`: transformers loads the folder and computes perfkit's logits; the
+tokenizer.json written for tiktoken encodes as tiktoken does."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import msgspec
+import pytest
+import tiktoken
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+
+from perfkit.checkpoint import Checkpointer
+from perfkit.checkpoint.hf_export import export_hf
+from perfkit.checkpoint.hf_mapping import hf_architecture
+from perfkit.checkpoint.hf_tokenizer import tiktoken_to_hf_json
+from perfkit.cli import main as cli
+from perfkit.config import CheckpointConfig, ModelConfig
+from perfkit.errors import UserError
+from perfkit.model import GPT
+
+transformers = pytest.importorskip("transformers")
+
+# GPT-2's vocabulary (50257 tokens, padded to 50304 rows), 2 layers, 64 wide
+LLAMA_CFG = ModelConfig(vocab_size=50257, sequence_length=64, n_layer=2, n_embd=64, n_head_q=4, n_head_kv=2,
+                        ffn_hidden=128, kernels="torch", rope_base=5000.0, norm_eps=1e-6)
+GPT2_CFG = ModelConfig(vocab_size=50257, sequence_length=64, n_layer=2, n_embd=64, n_head_q=4, n_head_kv=4,
+                       ffn_hidden=256, kernels="torch", positions="learned", activation="gelu",
+                       norm="layer_norm", bias=True)
+TEXT = "The quick brown fox jumps over the lazy dog. 12345 Ünïcödé  spaces\n\tand tabs! It's done."
+VARIED = [TEXT, "", " ", "   leading and trailing   ", "a\n\n\nb\r\n\r\nc", "I'm you're he'll we've they'd",
+          "3.14159 2,718 1000000 0x1F 007", "東京タワー 👍🏽👩‍👩‍👧 naïve café", "x" * 300 + " " * 17 + "y",
+          "def f(x):\n    return x ** 2  # comment\n", "<html><body>Hi&nbsp;there</body></html>",
+          "\u00a0\u2003\u3000 odd spaces", "ALL CAPS SHOUTING!!! ??? ...", "mixed123abc456 a1b2c3"]
+
+
+def _random_weights(model: GPT) -> None:
+    """Every parameter random (norm weights and biases too): a mapping mistake cannot hide behind ones/zeros."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def _checkpoint(run_dir, cfg):
+    model = GPT(cfg)
+    _random_weights(model)
+    Checkpointer(CheckpointConfig(), run_dir, model=model, optimizer=None, progress=SimpleNamespace(step=3),
+                 model_config=cfg).save(3)
+    return model.eval()
+
+
+def _hf_logits(folder, ids):
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()  # config.json says float32
+    assert model.dtype == torch.float32
+    with torch.no_grad():
+        return model, model(torch.tensor([ids])).logits[0]
+
+
+@pytest.mark.parametrize("cfg, arch", [(LLAMA_CFG, "LlamaForCausalLM"),
+                                       (msgspec.structs.replace(LLAMA_CFG, tie_embeddings=True, bias=True),
+                                        "LlamaForCausalLM"),
+                                       (GPT2_CFG, "GPT2LMHeadModel"),
+                                       (msgspec.structs.replace(GPT2_CFG, tie_embeddings=True), "GPT2LMHeadModel")],
+                         ids=["llama-gqa-untied", "llama-tied-bias", "gpt2-untied", "gpt2-tied"])
+def test_transformers_logits_and_tokenizer_equal_perfkit(tmp_path, cfg, arch):
+    ours = _checkpoint(tmp_path / "run", cfg)
+    assert cli(["export", str(tmp_path / "run"), "--format", "hf", "-o", str(tmp_path / "hf"),
+                "--tokenizer", "gpt2", "--dtype", "fp32"]) == 0
+    ids = tiktoken.get_encoding("r50k_base").encode_ordinary(TEXT)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok(TEXT, add_special_tokens=False)["input_ids"] == ids and tok.eos_token_id == 50256
+    model, theirs = _hf_logits(tmp_path / "hf", ids)
+    assert type(model).__name__ == arch and theirs.shape == (len(ids), 50304)
+    with torch.no_grad():
+        want = ours(torch.tensor([ids]))[0]
+    assert (theirs - want).abs().max().item() < 1e-4
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["vocab_size"] == 50304 and config["tie_word_embeddings"] is cfg.tie_embeddings
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 50256
+
+
+def test_tiktoken_tokenizer_json_encodes_like_tiktoken():
+    enc = tiktoken.get_encoding("r50k_base")
+    hf = HFTokenizer.from_str(json.dumps(tiktoken_to_hf_json(enc)))
+    for text in VARIED:
+        assert hf.encode(text, add_special_tokens=False).ids == enc.encode_ordinary(text), text
+        assert hf.decode(enc.encode_ordinary(text)) == text
+    assert hf.token_to_id("<|endoftext|>") == 50256
+    # a random byte soup of printable and unicode characters, the split regex's corner cases
+    g = torch.Generator().manual_seed(1)
+    alphabet = list("aZ9 \n\t.,'!é東👍\u00a0-_") + ["'s", "'ll", "  ", "\r\n"]
+    soup = "".join(alphabet[i] for i in torch.randint(len(alphabet), (4000,), generator=g).tolist())
+    assert hf.encode(soup, add_special_tokens=False).ids == enc.encode_ordinary(soup)
+
+
+def test_sharded_safetensors_load(tmp_path):
+    ours = _checkpoint(tmp_path / "run", LLAMA_CFG)
+    summary = export_hf(tmp_path / "run", tmp_path / "hf", tokenizer="gpt2", dtype="fp32", max_shard_bytes=4_000_000)
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and shards == [f for f in summary["files"] if f.endswith(".safetensors")]
+    assert not (tmp_path / "hf" / "model.safetensors").exists()
+    ids = [1, 2, 3, 50000]
+    _, theirs = _hf_logits(tmp_path / "hf", ids)
+    with torch.no_grad():
+        assert (theirs - ours(torch.tensor([ids]))[0]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("change, key", [({"positions": "none"}, "$.model.positions"),
+                                         ({"activation": "gelu"}, "$.model.activation"),
+                                         ({"norm": "layer_norm"}, "$.model.norm"),
+                                         ({"positions": "learned", "activation": "gelu", "norm": "layer_norm"},
+                                          "$.model.bias"),
+                                         ({"positions": "learned", "activation": "gelu", "norm": "layer_norm",
+                                           "bias": True}, "$.model.n_head_kv")])
+def test_combinations_without_hf_equivalent_are_refused_by_key(change, key):
+    with pytest.raises(UserError, match=key.replace("$", r"\$")):
+        hf_architecture(msgspec.structs.replace(LLAMA_CFG, **change))
+
+
+def test_refusals_write_nothing(tmp_path, capsys):
+    _checkpoint(tmp_path / "run", msgspec.structs.replace(LLAMA_CFG, positions="none"))
+    assert cli(["export", str(tmp_path / "run"), "--format", "hf", "-o", str(tmp_path / "hf"),
+                "--tokenizer", "gpt2"]) == 1
+    assert "$.model.positions" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf")]  # no temporary folder left
+    # a run without a tokenizer named anywhere: the message says how to name one
+    _checkpoint(tmp_path / "run2", LLAMA_CFG)
+    assert cli(["export", str(tmp_path / "run2"), "--format", "hf", "-o", str(tmp_path / "hf")]) == 1
+    assert "--tokenizer" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    # an existing folder is replaced only with --force
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "keep.txt").write_text("mine")
+    assert cli(["export", str(tmp_path / "run2"), "--format", "hf", "-o", str(tmp_path / "hf"),
+                "--tokenizer", "gpt2"]) == 1
+    assert "pass --force" in capsys.readouterr().err and (tmp_path / "hf" / "keep.txt").exists()
+    assert cli(["export", str(tmp_path / "run2"), "--format", "hf", "-o", str(tmp_path / "hf"),
+                "--tokenizer", "gpt2", "--force"]) == 0
+    assert not (tmp_path / "hf" / "keep.txt").exists() and (tmp_path / "hf" / "model.safetensors").is_file()
