@@ -19,7 +19,7 @@ from perfkit.checkpoint.hf_tokenizer import tiktoken_to_hf_json
 from perfkit.cli import main as cli
 from perfkit.config import CheckpointConfig, ModelConfig
 from perfkit.errors import UserError
-from perfkit.model import GPT
+from perfkit.model import GPT, padded_vocab_size
 
 transformers = pytest.importorskip("transformers")
 
@@ -29,6 +29,7 @@ LLAMA_CFG = ModelConfig(vocab_size=50257, sequence_length=64, n_layer=2, n_embd=
 GPT2_CFG = ModelConfig(vocab_size=50257, sequence_length=64, n_layer=2, n_embd=64, n_head_q=4, n_head_kv=4,
                        ffn_hidden=256, kernels="torch", positions="learned", activation="gelu",
                        norm="layer_norm", bias=True)
+TINY_LLAMA = msgspec.structs.replace(LLAMA_CFG, vocab_size=301)  # with tiny_tokenizer_json
 TEXT = "The quick brown fox jumps over the lazy dog. 12345 Ünïcödé  spaces\n\tand tabs! It's done."
 VARIED = [TEXT, "", " ", "   leading and trailing   ", "a\n\n\nb\r\n\r\nc", "I'm you're he'll we've they'd",
           "3.14159 2,718 1000000 0x1F 007", "東京タワー 👍🏽👩‍👩‍👧 naïve café", "x" * 300 + " " * 17 + "y",
@@ -59,28 +60,53 @@ def _hf_logits(folder, ids):
         return model, model(torch.tensor([ids])).logits[0]
 
 
-@pytest.mark.parametrize("cfg, arch", [(LLAMA_CFG, "LlamaForCausalLM"),
-                                       (msgspec.structs.replace(LLAMA_CFG, tie_embeddings=True, bias=True),
-                                        "LlamaForCausalLM"),
-                                       (GPT2_CFG, "GPT2LMHeadModel"),
-                                       (msgspec.structs.replace(GPT2_CFG, tie_embeddings=True), "GPT2LMHeadModel")],
-                         ids=["llama-gqa-untied", "llama-tied-bias", "gpt2-untied", "gpt2-tied"])
-def test_transformers_logits_and_tokenizer_equal_perfkit(tmp_path, cfg, arch):
+def tiny_tokenizer_json(folder) -> str:
+    """tokenizer.json of GPT-2's first 300 ranks (bytes and the first merges, a valid BPE) +
+    <|endoftext|> = 300: models of 320 rows export and load in a fraction of GPT-2's time."""
+    r50k = tiktoken.get_encoding("r50k_base")
+    tiny = tiktoken.Encoding("tiny", pat_str=r50k._pat_str, special_tokens={"<|endoftext|>": 300},
+                             mergeable_ranks={t: r for t, r in r50k._mergeable_ranks.items() if r < 300})
+    path = folder / "tiny_tokenizer.json"
+    path.write_text(json.dumps(tiktoken_to_hf_json(tiny)))
+    return str(path)
+
+
+def _export_and_compare(tmp_path, cfg, arch, tokenizer, ids):
     ours = _checkpoint(tmp_path / "run", cfg)
     assert cli(["export", str(tmp_path / "run"), "--format", "hf", "-o", str(tmp_path / "hf"),
-                "--tokenizer", "gpt2", "--dtype", "fp32"]) == 0
-    ids = tiktoken.get_encoding("r50k_base").encode_ordinary(TEXT)
-    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    assert tok(TEXT, add_special_tokens=False)["input_ids"] == ids and tok.eos_token_id == 50256
+                "--tokenizer", tokenizer, "--dtype", "fp32"]) == 0
     model, theirs = _hf_logits(tmp_path / "hf", ids)
-    assert type(model).__name__ == arch and theirs.shape == (len(ids), 50304)
+    rows = padded_vocab_size(cfg.vocab_size)
+    assert type(model).__name__ == arch and theirs.shape == (len(ids), rows)
     with torch.no_grad():
         want = ours(torch.tensor([ids]))[0]
     assert (theirs - want).abs().max().item() < 1e-4
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert config["vocab_size"] == 50304 and config["tie_word_embeddings"] is cfg.tie_embeddings
+    assert config["vocab_size"] == rows and config["tie_word_embeddings"] is cfg.tie_embeddings
+    return transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("cfg, arch", [(LLAMA_CFG, "LlamaForCausalLM"), (GPT2_CFG, "GPT2LMHeadModel")],
+                         ids=["llama-gqa-untied", "gpt2-untied"])
+def test_transformers_logits_and_tokenizer_equal_perfkit(tmp_path, cfg, arch):
+    ids = tiktoken.get_encoding("r50k_base").encode_ordinary(TEXT)
+    tok = _export_and_compare(tmp_path, cfg, arch, "gpt2", ids)
+    assert tok(TEXT, add_special_tokens=False)["input_ids"] == ids and tok.eos_token_id == 50256
+    assert tok.decode(ids) == TEXT
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert generation["eos_token_id"] == 50256
+
+
+@pytest.mark.parametrize("cfg, arch", [(msgspec.structs.replace(LLAMA_CFG, vocab_size=301, tie_embeddings=True,
+                                                                bias=True, n_head_kv=1), "LlamaForCausalLM"),
+                                       (msgspec.structs.replace(GPT2_CFG, vocab_size=301, tie_embeddings=True),
+                                        "GPT2LMHeadModel")],
+                         ids=["llama-mqa-tied-bias", "gpt2-tied"])
+def test_tied_and_biased_variants_equal_perfkit(tmp_path, cfg, arch):
+    tokenizer = tiny_tokenizer_json(tmp_path)
+    ids = HFTokenizer.from_file(tokenizer).encode(TEXT).ids
+    tok = _export_and_compare(tmp_path, cfg, arch, tokenizer, ids[:cfg.sequence_length])
+    assert tok(TEXT, add_special_tokens=False)["input_ids"] == ids and tok.eos_token_id == 300
 
 
 def test_tiktoken_tokenizer_json_encodes_like_tiktoken():
@@ -98,13 +124,14 @@ def test_tiktoken_tokenizer_json_encodes_like_tiktoken():
 
 
 def test_sharded_safetensors_load(tmp_path):
-    ours = _checkpoint(tmp_path / "run", LLAMA_CFG)
-    summary = export_hf(tmp_path / "run", tmp_path / "hf", tokenizer="gpt2", dtype="fp32", max_shard_bytes=4_000_000)
+    ours = _checkpoint(tmp_path / "run", TINY_LLAMA)
+    summary = export_hf(tmp_path / "run", tmp_path / "hf", tokenizer=tiny_tokenizer_json(tmp_path), dtype="fp32",
+                        max_shard_bytes=40_000)
     index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and shards == [f for f in summary["files"] if f.endswith(".safetensors")]
     assert not (tmp_path / "hf" / "model.safetensors").exists()
-    ids = [1, 2, 3, 50000]
+    ids = [1, 2, 3, 300, 299]
     _, theirs = _hf_logits(tmp_path / "hf", ids)
     with torch.no_grad():
         assert (theirs - ours(torch.tensor([ids]))[0]).abs().max().item() < 1e-4
@@ -123,21 +150,22 @@ def test_combinations_without_hf_equivalent_are_refused_by_key(change, key):
 
 
 def test_refusals_write_nothing(tmp_path, capsys):
-    _checkpoint(tmp_path / "run", msgspec.structs.replace(LLAMA_CFG, positions="none"))
+    tokenizer = tiny_tokenizer_json(tmp_path)
+    _checkpoint(tmp_path / "run", msgspec.structs.replace(TINY_LLAMA, positions="none"))
     assert cli(["export", str(tmp_path / "run"), "--format", "hf", "-o", str(tmp_path / "hf"),
-                "--tokenizer", "gpt2"]) == 1
+                "--tokenizer", tokenizer]) == 1
     assert "$.model.positions" in capsys.readouterr().err and not (tmp_path / "hf").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf")]  # no temporary folder left
     # a run without a tokenizer named anywhere: the message says how to name one
-    _checkpoint(tmp_path / "run2", LLAMA_CFG)
+    _checkpoint(tmp_path / "run2", TINY_LLAMA)
     assert cli(["export", str(tmp_path / "run2"), "--format", "hf", "-o", str(tmp_path / "hf")]) == 1
     assert "--tokenizer" in capsys.readouterr().err and not (tmp_path / "hf").exists()
     # an existing folder is replaced only with --force
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "keep.txt").write_text("mine")
     assert cli(["export", str(tmp_path / "run2"), "--format", "hf", "-o", str(tmp_path / "hf"),
-                "--tokenizer", "gpt2"]) == 1
+                "--tokenizer", tokenizer]) == 1
     assert "pass --force" in capsys.readouterr().err and (tmp_path / "hf" / "keep.txt").exists()
     assert cli(["export", str(tmp_path / "run2"), "--format", "hf", "-o", str(tmp_path / "hf"),
-                "--tokenizer", "gpt2", "--force"]) == 0
+                "--tokenizer", tokenizer, "--force"]) == 0
     assert not (tmp_path / "hf" / "keep.txt").exists() and (tmp_path / "hf" / "model.safetensors").is_file()

@@ -48,6 +48,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from perfkit.checkpoint import fingerprint, layout, safe_metadata, state
 from perfkit.checkpoint.export import load_export
+from perfkit.checkpoint.hf_files import is_hf_folder
+from perfkit.checkpoint.hf_import import read_hf_state
 from perfkit.checkpoint.layout import CheckpointError
 from perfkit.checkpoint.safe_metadata import read_metadata
 # call sites keep their short private names; the helpers themselves live in perfkit/ranks.py
@@ -350,14 +352,20 @@ class Checkpointer:
                                   + (f"; ... {len(diffs) - 20} more" if len(diffs) > 20 else ""))
 
     def _load_weights_only(self, target: Path) -> None:
-        if target.is_file():
-            exported = load_export(target)
-            self._check_model_config(target, exported["model_config"], strict=False)
-            full = exported["state_dict"]
+        if target.is_file() or is_hf_folder(target):
+            if target.is_file():
+                exported = load_export(target)
+                self._check_model_config(target, exported["model_config"], strict=False)
+                full = exported["state_dict"]
+            else:  # a Hugging Face folder: config.json checked against $.model, safetensors read
+                full, notes = read_hf_state(target, self.model_config, get_model_state_dict(self.model))
+                if notes:
+                    _log(_rank(self.group), f"checkpoint: {target} differs from $.model: " + "; ".join(notes))
             expected = {k: tuple(v.shape) for k, v in get_model_state_dict(self.model).items()}
             diffs = state.shape_differences(expected, {k: tuple(v.shape) for k, v in full.items()})
             if diffs:
-                raise CheckpointError(f"export {target} does not fit this model: " + "; ".join(diffs[:20]))
+                what = "export" if target.is_file() else "folder"
+                raise CheckpointError(f"{what} {target} does not fit this model: " + "; ".join(diffs[:20]))
             set_model_state_dict(self.model, full, options=StateDictOptions(full_state_dict=True))
             return
         self._verify(target)
@@ -366,8 +374,9 @@ class Checkpointer:
 
 
 def _resolve_warm(path: str) -> Path:
+    """An export file, a Hugging Face folder, or a checkpoint (or run) folder."""
     p = Path(path)
-    if p.is_file():
+    if p.is_file() or is_hf_folder(p):
         return p
     return layout.resolve_checkpoint(p)
 

@@ -20,6 +20,7 @@ import torch
 
 from perfkit.checkpoint import Checkpointer
 from perfkit.checkpoint.layout import CheckpointError, latest_checkpoint, resolve_checkpoint
+from perfkit.checkpoint.hf_files import is_hf_folder
 from perfkit.config import Config
 from perfkit.data.loader import build_train_loader, build_val_loader, check_val_windows
 from perfkit.data.windows import WindowDataset, pbin_paths
@@ -129,7 +130,7 @@ def check_outputs(cfg: Config) -> None:
     try:
         if resume not in ("none", "auto"):
             resolve_checkpoint(resume)
-        if warm and not Path(warm).is_file():
+        if warm and not Path(warm).is_file() and not is_hf_folder(warm):  # an export, an HF folder
             resolve_checkpoint(warm)
     except CheckpointError as e:
         key = "$.checkpoint.warm_start" if warm else "$.checkpoint.resume"
