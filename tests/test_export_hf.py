@@ -169,3 +169,29 @@ def test_refusals_write_nothing(tmp_path, capsys):
     assert cli(["export", str(tmp_path / "run2"), "--format", "hf", "-o", str(tmp_path / "hf"),
                 "--tokenizer", tokenizer, "--force"]) == 0
     assert not (tmp_path / "hf" / "keep.txt").exists() and (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_tokenizer_comes_from_the_runs_data_manifest(tmp_path, capsys):
+    """No --tokenizer: the .pbin.json beside the run's first data.train file names it (here an HF
+    tokenizer.json, copied as it is); a stale manifest is refused naming it, nothing written."""
+    import numpy as np
+
+    from perfkit.formats.pbin import write_pbin
+    from perfkit.formats.pbin_manifest import PbinManifest, TokenizerRecord, write_manifest
+    tokenizer = tiny_tokenizer_json(tmp_path)
+    pbin = tmp_path / "train.pbin"
+    write_pbin(pbin, np.arange(200) % 301, np.array([100, 100]), 2)
+    record = TokenizerRecord(kind="hf", name=tokenizer, vocab_size=301, eod_id=300, eod_token="<|endoftext|>",
+                             file=tokenizer)
+    write_manifest(pbin, PbinManifest(tokenizer=record, sources=[], documents=2, tokens=200, text_bytes=400,
+                                      token_width=2))
+    model = GPT(TINY_LLAMA)
+    Checkpointer(CheckpointConfig(), tmp_path / "run", model=model, optimizer=None, progress=SimpleNamespace(step=1),
+                 model_config=TINY_LLAMA, config={"data": {"train": [str(pbin)]}}).save(1)
+    assert cli(["export", str(tmp_path / "run"), "--format", "hf", "-o", str(tmp_path / "hf")]) == 0
+    assert "train.pbin.json" in capsys.readouterr().out
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (tmp_path / "tiny_tokenizer.json").read_bytes()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == 300
+    write_pbin(pbin, np.arange(300) % 301, np.array([300]), 2)  # replaced .pbin: its manifest is stale
+    assert cli(["export", str(tmp_path / "run"), "--format", "hf", "-o", str(tmp_path / "hf2")]) == 1
+    assert "train.pbin.json: stale" in capsys.readouterr().err and not (tmp_path / "hf2").exists()

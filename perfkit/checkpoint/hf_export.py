@@ -90,7 +90,9 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike, *, tokenizer: s
         _write_json(tmp / "generation_config.json",
                     {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]})
         files = write_weights(tmp, tensors, max_shard_bytes)
+        mode = _file_mode()
         for f in tmp.iterdir():
+            os.chmod(f, mode)  # safetensors creates 0600 files; a served or published folder is read by others
             _fsync(f)
         fsync_dir(tmp)
         _replace_folder(tmp, out)
@@ -109,6 +111,13 @@ def _replace_folder(new: Path, out: Path) -> None:
     fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _file_mode() -> int:
+    """0o666 less the process umask, the mode open() gives a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _write_json(path: Path, obj: dict) -> None:
