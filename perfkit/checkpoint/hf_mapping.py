@@ -200,10 +200,15 @@ def check_fits(hf: dict[str, Any], cfg: ModelConfig, folder: str) -> tuple[str, 
         raise CheckpointError(f"{folder} holds a {hf.get('model_type')!r} model; $.model (positions = "
                               f"{cfg.positions!r}) maps onto {arch!r} ({ARCHITECTURES[arch]})")
     for hf_key, key in _SHAPE_KEYS[arch]:
-        default = _HF_DEFAULTS.get(hf_key)
-        value = hf.get(hf_key, default.get(arch) if isinstance(default, dict) else default)
-        if value is None:  # unset: HF derives it (kv heads = heads, n_inner = 4 * n_embd)
-            value = hf.get("num_attention_heads") if hf_key == "num_key_value_heads" else 4 * hf.get("n_embd", 0)
+        value = hf.get(hf_key)
+        if value is None and hf_key in _HF_DEFAULTS:  # unset: transformers' default, or derived from another key
+            value = _HF_DEFAULTS[hf_key][arch] if isinstance(_HF_DEFAULTS[hf_key], dict) else _HF_DEFAULTS[hf_key]
+            if hf_key == "num_key_value_heads":
+                value = hf.get("num_attention_heads")
+            elif hf_key == "n_inner" and isinstance(hf.get("n_embd"), int):
+                value = 4 * hf["n_embd"]
+        if value is None:
+            raise CheckpointError(f"{folder}: its config.json has no {hf_key} (needed for $.model.{key})")
         if value != getattr(cfg, key):
             raise CheckpointError(f"{folder} does not fit $.model.{key}: its config.json has {hf_key} = "
                                   f"{value!r}, $.model.{key} is {getattr(cfg, key)!r}")
