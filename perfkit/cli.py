@@ -21,7 +21,7 @@ COMMANDS = [
       "perfkit.inspect_cmd"),
     ("train", "train a model from a TOML config (same as `python -m perfkit.train`)",
       "perfkit.train.train_cmd"),
-    ("export", "consolidate a sharded checkpoint into one model.pt (bf16 or fp32, config inside)",
+    ("export", "consolidate a checkpoint into one model.pt, or (--format hf) a Hugging Face folder",
       "perfkit.checkpoint.export_cmd"),
     ("generate", "sample text from a checkpoint or export (greedy or top-k)", "perfkit.generate_cmd"),
     ("bench", "benchmark suites: train (default), kernels, loader, pack", "perfkit.bench.bench_cmd"),

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from perfkit.checkpoint import Checkpointer, CheckpointError
 from perfkit.checkpoint.hf_export import export_hf
@@ -91,6 +92,12 @@ def test_folders_written_by_transformers_load_and_agree(tmp_path, capsys):
             got = ours(IDS)[..., :columns]
         assert (got - want).abs().max().item() < 1e-4, name
     assert "padding rows keep their init" in capsys.readouterr().err
+    # the hub's own GPT-2 files name tensors without "transformer." and keep the causal-mask buffers
+    hub = {k.removeprefix("transformer."): v for k, v in load_file(str(tmp_path / "gpt2" / "model.safetensors")).items()}
+    hub.update({f"h.{i}.attn.bias": torch.ones(1, 1, 64, 64) for i in range(2)})
+    save_file(hub, str(tmp_path / "gpt2" / "model.safetensors"), metadata={"format": "pt"})
+    with torch.no_grad():
+        assert (_warm(tmp_path / "gpt2", gpt2_tied)(IDS)[..., :301] - gpt2(IDS).logits).abs().max().item() < 1e-4
 
 
 def _llama_folder(tmp_path):

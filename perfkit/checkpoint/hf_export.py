@@ -75,7 +75,10 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike, *, tokenizer: s
     if state_dict is None:
         state_dict = read_model_tensors(read_from)
     target = DTYPES[dtype]
-    tensors = to_hf({k: v.to(target) if v.is_floating_point() else v for k, v in state_dict.items()}, cfg)
+    for k, v in state_dict.items():  # in place: the checkpoint's fp32 tensors are freed as they are cast
+        state_dict[k] = v.to(target) if v.is_floating_point() else v
+    tensors = to_hf(state_dict, cfg)
+    del state_dict
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

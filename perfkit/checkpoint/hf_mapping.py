@@ -121,14 +121,18 @@ def to_hf(state_dict: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
         out["transformer.ln_f.bias"] = state_dict["final_norm.bias"]
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = state_dict["lm_head.weight"]
-    return {k: v.contiguous().clone() for k, v in out.items()}  # safetensors wants unshared storage
+    # safetensors refuses tensors that share storage: the split q/k/v and gate/up views are copied
+    return {k: v.clone(memory_format=torch.contiguous_format) if v._base is not None else v.contiguous()
+            for k, v in out.items()}
 
 
 def from_hf(tensors: dict[str, Tensor], cfg: ModelConfig, folder: str) -> dict[str, Tensor]:
-    """HF tensors -> perfkit names for `cfg` (the inverse of to_hf). GPT-2 checkpoints sometimes
-    store attn.bias / masked_bias buffers: those are not weights and are skipped."""
-    arch, hd = hf_architecture(cfg), cfg.n_embd // cfg.n_head_q
-    tensors = {k: v for k, v in tensors.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    """HF tensors -> perfkit names for `cfg` (the inverse of to_hf). Older checkpoints store
+    buffers derived from the config (GPT-2's causal mask attn.bias / attn.masked_bias, Llama's
+    rotary_emb.inv_freq): those are not weights and are skipped."""
+    arch = hf_architecture(cfg)
+    buffers = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+    tensors = {k: v for k, v in tensors.items() if not k.endswith(buffers)}
     if arch == GPT2 and not any(k.startswith("transformer.") for k in tensors):
         tensors = {"transformer." + k if k != "lm_head.weight" else k: v for k, v in tensors.items()}  # GPT2Model
 

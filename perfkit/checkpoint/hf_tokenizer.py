@@ -33,7 +33,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from perfkit.errors import UserError
 from perfkit.formats.pbin_manifest import TokenizerRecord, read_manifest
-from perfkit.prep.tokenizer import TokenizerSpec, resolve_tokenizer
+from perfkit.prep.tokenizer import TokenizerError, TokenizerSpec, resolve_tokenizer
 
 # text the converted tokenizer must encode exactly as tiktoken does before it is written
 _CHECK_TEXT = ("Hello, world! It's 2024: 3.14159 and 1,000,000 tokens.\n\n\tTabs  and   spaces   \n"
@@ -147,7 +147,11 @@ def write_tokenizer_files(source: TokenizerSource, folder: Path, model_max_lengt
         return _copy_hf(source, folder, model_max_length)
     if source.kind != "tiktoken":
         raise UserError(f"tokenizer kind {source.kind!r} (from {source.origin}) is not one this export knows")
-    encoding = resolve_tokenizer(TokenizerSpec(source.file or source.name)).encoding  # TokenizerError: a UserError
+    try:
+        encoding = resolve_tokenizer(TokenizerSpec(source.file or source.name)).encoding
+    except TokenizerError as e:  # its advice names pack's flags: say where the name came from instead
+        raise UserError(f"tokenizer {source.name} (from {source.origin}): {e}; or pass --tokenizer with a "
+                        "tiktoken name or a tokenizer.json") from None
     converted = tiktoken_to_hf_json(encoding)
     hf = HFTokenizer.from_str(json.dumps(converted))
     want, got = encoding.encode_ordinary(_CHECK_TEXT), hf.encode(_CHECK_TEXT, add_special_tokens=False).ids
