@@ -126,7 +126,7 @@ class CheckpointConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     keep_last: int = 3            # complete checkpoints kept; older ones are deleted after a new one commits
     save_at_end: bool = True
     resume: str = "none"          # "none", "auto" (newest complete checkpoint of this run), or a checkpoint path
-    warm_start: str = ""          # a checkpoint or export path: load weights only (fresh optimizer and schedule)
+    warm_start: str = ""          # a checkpoint, export or HF folder: load weights only (fresh optimizer and schedule)
     allow_data_change: bool = False  # resume although a data file differs from the checkpoint's fingerprint
 
     def __post_init__(self):
