@@ -20,6 +20,7 @@ from perfkit.cli import main as cli
 from perfkit.config import CheckpointConfig, ModelConfig
 from perfkit.errors import UserError
 from perfkit.model import GPT, padded_vocab_size
+from perfkit.prep.tokenizer import _builtin_definition  # a built-in's split regex without its ranks
 
 transformers = pytest.importorskip("transformers")
 
@@ -112,8 +113,13 @@ def test_tied_and_biased_variants_equal_perfkit(tmp_path, cfg, arch):
     assert tok(TEXT, add_special_tokens=False)["input_ids"] == ids and tok.eos_token_id == 300
 
 
-def test_tiktoken_tokenizer_json_encodes_like_tiktoken():
-    enc = tiktoken.get_encoding("r50k_base")
+@pytest.mark.parametrize("pattern_of", ["r50k_base", "cl100k_base", "o200k_base"])
+def test_tiktoken_tokenizer_json_encodes_like_tiktoken(pattern_of):
+    """GPT-2's ranks under each built-in split regex (cl100k's possessive `\\p{N}{1,3}+` reads
+    otherwise in the tokenizers library's regex engine unless rewritten)."""
+    r50k = tiktoken.get_encoding("r50k_base")
+    enc = tiktoken.Encoding(pattern_of, pat_str=_builtin_definition(pattern_of)[0],
+                            mergeable_ranks=r50k._mergeable_ranks, special_tokens={"<|endoftext|>": 50256})
     hf = HFTokenizer.from_str(json.dumps(tiktoken_to_hf_json(enc)))
     for text in VARIED:
         assert hf.encode(text, add_special_tokens=False).ids == enc.encode_ordinary(text), text

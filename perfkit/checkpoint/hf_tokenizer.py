@@ -24,6 +24,7 @@ token's text inside a document as text; a Hugging Face tokenizer maps it to the 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,15 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+def oniguruma_pattern(pattern: str) -> str:
+    r"""tiktoken's split regex for the tokenizers library's engine (Oniguruma). cl100k's
+    `\p{N}{1,3}+` is possessive in tiktoken's engine, but Oniguruma reads `{n,m}+` as a repeat of
+    the repeat (`\p{N}+`: "1000000" stays one piece). A bounded repeat that ends its alternative
+    matches the same greedy as possessive, so the `+` is dropped; the check in
+    write_tokenizer_files catches any pattern where that would not hold."""
+    return re.sub(r"(\{\d+(?:,\d*)?\})\+", r"\1", pattern)
+
+
 def tiktoken_to_hf_json(encoding: tiktoken.Encoding) -> dict:
     """tokenizer.json (as a dict) that encodes like `encoding.encode_ordinary`."""
     ranks: dict[bytes, int] = getattr(encoding, "_mergeable_ranks", None)
@@ -93,7 +103,8 @@ def tiktoken_to_hf_json(encoding: tiktoken.Encoding) -> dict:
     return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "Split", "pattern": {"Regex": oniguruma_pattern(pattern)}, "behavior": "Isolated",
+             "invert": False},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
         "post_processor": None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
