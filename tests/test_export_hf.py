@@ -169,6 +169,16 @@ def test_refusals_write_nothing(tmp_path, capsys):
     _checkpoint(tmp_path / "run2", TINY_LLAMA)
     assert cli(["export", str(tmp_path / "run2"), "--format", "hf", "-o", str(tmp_path / "hf")]) == 1
     assert "--tokenizer" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    # a SentencePiece model cannot be written loadably; a tokenizer larger than the model's rows is refused
+    (tmp_path / "sp.model").write_bytes(b"\x00")
+    assert cli(["export", str(tmp_path / "run2"), "--format", "hf", "-o", str(tmp_path / "hf"),
+                "--tokenizer", str(tmp_path / "sp.model")]) == 1
+    assert "SentencePiece" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    _checkpoint(tmp_path / "run3", msgspec.structs.replace(TINY_LLAMA, vocab_size=200))  # 256 rows < 301 tokens
+    assert cli(["export", str(tmp_path / "run3"), "--format", "hf", "-o", str(tmp_path / "hf"),
+                "--tokenizer", tokenizer]) == 1
+    assert "$.model.vocab_size" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf")]
     # an existing folder is replaced only with --force
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "keep.txt").write_text("mine")

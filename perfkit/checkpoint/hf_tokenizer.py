@@ -124,6 +124,10 @@ def tokenizer_source(tokenizer_arg: str | None, run_config: dict | None) -> Toke
         raise UserError("the checkpoint's config.json names no data.train file whose .pbin manifest "
                         "would say the tokenizer; pass --tokenizer (gpt2, a tiktoken name, a .tiktoken "
                         "file or a tokenizer.json)")
+    if not Path(train[0]).exists():  # a relative path is relative to where the run was started
+        raise UserError(f"{train[0]} (the run's first data.train file, whose .pbin.json manifest says the "
+                        f"tokenizer) is not found from {Path.cwd()}; run the export from the folder the "
+                        "run started in, or pass --tokenizer")
     manifest = read_manifest(train[0])  # ManifestError (a UserError) when unreadable or stale
     if manifest is None:
         raise UserError(f"{train[0]} (the run's first data.train file) has no .pbin.json manifest that "
