@@ -214,3 +214,16 @@ def test_tokenizer_comes_from_the_runs_data_manifest(tmp_path, capsys):
     write_pbin(pbin, np.arange(300) % 301, np.array([300]), 2)  # replaced .pbin: its manifest is stale
     assert cli(["export", str(tmp_path / "run"), "--format", "hf", "-o", str(tmp_path / "hf2")]) == 1
     assert "train.pbin.json: stale" in capsys.readouterr().err and not (tmp_path / "hf2").exists()
+
+
+def test_a_model_pt_export_converts_to_the_same_tensors(tmp_path):
+    from safetensors.torch import load_file
+
+    from perfkit.checkpoint.export import export_checkpoint
+    _checkpoint(tmp_path / "run", TINY_LLAMA)
+    tokenizer = tiny_tokenizer_json(tmp_path)
+    export_checkpoint(tmp_path / "run", tmp_path / "m.pt", dtype="fp32")
+    export_hf(tmp_path / "m.pt", tmp_path / "from_pt", tokenizer=tokenizer, dtype="bf16")
+    export_hf(tmp_path / "run", tmp_path / "from_ckpt", tokenizer=tokenizer, dtype="bf16")
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("from_pt", "from_ckpt"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) and a[k].dtype == torch.bfloat16 for k in a)
