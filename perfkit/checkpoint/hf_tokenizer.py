@@ -173,8 +173,10 @@ def write_tokenizer_files(source: TokenizerSource, folder: Path, model_max_lengt
     if want != got:  # a split pattern that the tokenizers library reads otherwise: refuse, write nothing
         raise UserError(f"tokenizer {source.name}: the converted tokenizer.json encodes a check text "
                         f"differently from tiktoken (first ids {got[:8]} vs {want[:8]}); pass a tokenizer.json")
-    eod_id = source.eod_id if source.eod_id is not None else encoding.eot_token
-    eod = encoding.decode_single_token_bytes(eod_id).decode("utf-8", "replace")
+    eod_id = source.eod_id
+    if eod_id is None:  # from --tokenizer: tiktoken's end-of-text token, when the encoding has one
+        eod_id = encoding._special_tokens.get("<|endoftext|>")
+    eod = None if eod_id is None else encoding.decode_single_token_bytes(eod_id).decode("utf-8", "replace")
     (folder / "tokenizer.json").write_text(json.dumps(converted, ensure_ascii=False))
     _write_config(folder, eod, None, model_max_length)
     return {"vocab_size": encoding.n_vocab, "eod_id": eod_id, "eod_token": eod, "bos_id": source.bos_id}
