@@ -33,6 +33,7 @@ import queue
 import re
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from perfkit.errors import UserError, print_line
 RUN_ID_FILE = "wandb_run_id"
 _QUEUE_RECORDS = 10_000          # ~ a day of log_every=10 steps at 1 step/s before anything is dropped
 _CLOSE_TIMEOUT_S = 120.0         # finish() uploads what is left; a run never waits longer for W&B
+_CLOSE_BEFORE_INIT_S = 15.0      # ... and waits this long for an init still waiting for the server
 _RUN_ID = re.compile(r"[a-z0-9]{8,64}")
 _STOP = object()
 
@@ -92,6 +94,7 @@ class WandbWriter:
         self.run_config = run_config
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_RECORDS)
         self._dropped = 0
+        self._initialized = threading.Event()  # init returned (a run, or a warning)
         self._thread = threading.Thread(target=self._work, name="perfkit-wandb", daemon=True)
         self._thread.start()
 
@@ -111,11 +114,14 @@ class WandbWriter:
         """Let the thread log what is queued and finish the W&B run, waiting at most `timeout` s."""
         if not self._thread.is_alive():
             return
+        if not self._initialized.is_set():  # e.g. W&B unreachable: init retries until its init_timeout
+            timeout = min(timeout, _CLOSE_BEFORE_INIT_S)
+        deadline = time.monotonic() + timeout
         try:
             self._queue.put(_STOP, timeout=timeout)
         except queue.Full:
             pass
-        self._thread.join(timeout)
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
         if self._thread.is_alive():
             _warn(f"still uploading after {timeout:.0f} s; the run goes on without waiting (its files are under "
                   f"{self._wandb_dir()}/wandb/: `wandb sync` uploads them)")
@@ -126,6 +132,7 @@ class WandbWriter:
     # ---- the W&B thread ---------------------------------------------------------------------
     def _work(self) -> None:
         run = self._init()
+        self._initialized.set()
         failed = run is None
         while True:
             item = self._queue.get()
