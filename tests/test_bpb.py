@@ -158,20 +158,20 @@ def test_without_manifest_or_key_bpb_is_not_logged_and_says_why(tmp_path, enc):
     assert bits_per_byte.resolve(None, "", 50304) == (None, "")  # no validation set: nothing to say
 
 
-def test_bad_manifests_are_errors_naming_the_key(tmp_path, enc):
+def test_mixed_tokenizers_are_an_error_and_a_stale_manifest_counts_as_none(tmp_path, enc):
     from perfkit.data.windows import WindowDataset
     from perfkit.errors import UserError
     from perfkit.train import bits_per_byte
 
-    _, _, ds = val_dataset(tmp_path, enc, name="a")
+    _, docs, ds = val_dataset(tmp_path, enc, name="a")
     _, _, other = val_dataset(tmp_path, enc, manifest_tokenizer="cl100k_base", name="b")
     both = WindowDataset([ds.files[0].path, other.files[0].path], ds.seq_len, config_key="$.data.val")
     with pytest.raises(UserError, match=r"^\$\.data\.val: the files were packed with different tokenizers"):
         bits_per_byte.resolve(both, "", 50304)
-    with open(ds.files[0].path, "ab") as f:
-        f.write(b"\0\0")  # the .pbin changed after its manifest was written
-    with pytest.raises(UserError, match=r"^\$\.data\.val: .*a\.pbin\.json: stale"):
-        bits_per_byte.resolve(ds, "", 50304)
+    write_pbin(Path(ds.files[0].path), [np.asarray(d) for d in reversed(docs)])  # replaced: the manifest is stale
+    changed = WindowDataset([ds.files[0].path], ds.seq_len, config_key="$.data.val")
+    val_bytes, line = bits_per_byte.resolve(changed, "", 50304)
+    assert val_bytes is None and "a.pbin has no usable .pbin.json manifest" in line
 
 
 def test_training_logs_val_bpb_everywhere(tmp_path, capsys):
@@ -198,7 +198,7 @@ def test_training_logs_val_bpb_everywhere(tmp_path, capsys):
 
     assert main(base + ["--run.experiment_id=nobpb"]) == 0  # no manifest, no key: one line, no val_bpb
     err = capsys.readouterr().err
-    assert f"perfkit train: val/bpb not logged: {val} has no .pbin.json manifest" in err
+    assert f"perfkit train: val/bpb not logged: {val} has no usable .pbin.json manifest" in err
     assert all("val_bpb" not in r for r in records(tmp_path / "runs" / "nobpb", "val"))
 
 

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from perfkit.data.manifests import read_data_manifests
 from perfkit.data.windows import WindowDataset
 from perfkit.errors import UserError
-from perfkit.formats.pbin_manifest import PbinManifest, read_manifest
+from perfkit.formats.pbin_manifest import PbinManifest
 from perfkit.prep.tokenizer import TokenizerError, TokenizerSpec, resolve_tokenizer
 
 _CHUNK = 1 << 24  # tokens per numpy gather when counting the val files' bytes (128 MiB of int64)
@@ -86,18 +87,14 @@ def counted_bytes(dataset: WindowDataset, table: np.ndarray, key: str) -> list[i
 
 
 def resolve(dataset: WindowDataset | None, bpb_tokenizer: str, vocab_size: int) -> tuple[ValBytes | None, str]:
-    """(how val/bpb is computed or None, the start line). Raises UserError (exit 2) for a stale or
-    unreadable manifest, val files packed with different tokenizers, and a $.metrics.bpb_tokenizer
-    that cannot be loaded or does not match a manifest."""
+    """(how val/bpb is computed or None, the start line). Raises UserError (exit 2) for val files
+    packed with different tokenizers and a $.metrics.bpb_tokenizer that cannot be loaded or does not
+    match a manifest. A damaged or stale manifest counts as none (setup.check_data warned about it)."""
     if dataset is None:
         return None, ""
     files = [f.path for f in dataset.files]
-    manifests: list[PbinManifest | None] = []
-    for path in files:
-        try:
-            manifests.append(read_manifest(path))
-        except UserError as e:
-            raise UserError(f"$.data.val: {e}") from None
+    found = read_data_manifests({"$.data.val": files}, warn=lambda message: None)
+    manifests: list[PbinManifest | None] = [found.get(f"$.data.val[{i}]") for i in range(len(files))]
     described = [m for m in manifests if m is not None]
     identities = {m.tokenizer.identity(): m.tokenizer for m in described}
     explicit = bpb_tokenizer.strip()
@@ -110,7 +107,7 @@ def resolve(dataset: WindowDataset | None, bpb_tokenizer: str, vocab_size: int) 
     key = "$.metrics.bpb_tokenizer" if explicit else "$.data.val"
     if not name:
         missing = files[manifests.index(None)]
-        return None, (f"val/bpb not logged: {missing} has no .pbin.json manifest and $.metrics.bpb_tokenizer is not "
+        return None, (f"val/bpb not logged: {missing} has no usable .pbin.json manifest and $.metrics.bpb_tokenizer is not "
                       f"set (name the tokenizer that packed $.data.val there)")
 
     ratio = _ratio(described) if len(described) == len(files) else None
