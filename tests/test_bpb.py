@@ -9,6 +9,7 @@ the other documents with their EODs.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import sys
@@ -145,6 +146,7 @@ def test_a_manifest_the_tokenizer_does_not_reproduce(tmp_path, enc):
 
 
 def test_without_manifest_or_key_bpb_is_not_logged_and_says_why(tmp_path, enc):
+    from perfkit.data.windows import WindowDataset
     from perfkit.errors import UserError
     from perfkit.train import bits_per_byte
 
@@ -156,6 +158,16 @@ def test_without_manifest_or_key_bpb_is_not_logged_and_says_why(tmp_path, enc):
     with pytest.raises(UserError, match=r"^\$\.metrics\.bpb_tokenizer: tokenizer 'nope' for bits per byte"):
         bits_per_byte.resolve(ds, "nope", 50304)
     assert bits_per_byte.resolve(None, "", 50304) == (None, "")  # no validation set: nothing to say
+    # a local ranks file without a split pattern: its ranks are enough; 256 single bytes hold ids < 256
+    (tmp_path / "bytes.tiktoken").write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
+    learnable = WindowDataset([str(write_pbin(tmp_path / "b.pbin", [np.arange(256)] * 3))], 16, config_key="$.data.val")
+    val_bytes, line = bits_per_byte.resolve(learnable, str(tmp_path / "bytes.tiktoken"), 256)
+    assert "(val files: 1.000 bytes per token)" in line and val_bytes.token_bytes.tolist() == [1] * 256
+    beyond = WindowDataset([str(write_pbin(tmp_path / "c.pbin", [np.array([1, 60000, EOD])] * 8))], 4,
+                           config_key="$.data.val")
+    with pytest.raises(UserError, match=r"^\$\.metrics\.bpb_tokenizer: .*c\.pbin holds token id 60000, beyond the "
+                                         r"50,257 ids of tokenizer 'gpt2'; is it the tokenizer that packed the file\?"):
+        bits_per_byte.resolve(beyond, "gpt2", 60032)
 
 
 def test_mixed_tokenizers_are_an_error_and_a_stale_manifest_counts_as_none(tmp_path, enc):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from perfkit.data.manifests import read_data_manifests
 from perfkit.data.windows import WindowDataset
 from perfkit.errors import UserError
 from perfkit.formats.pbin_manifest import PbinManifest
-from perfkit.prep.tokenizer import TokenizerError, TokenizerSpec, resolve_tokenizer
+from perfkit.prep.tokenizer import TokenizerError, TokenizerSpec, load_ranks, resolve_tokenizer
 
 _CHUNK = 1 << 24  # tokens per numpy gather when counting the val files' bytes (128 MiB of int64)
 
@@ -71,16 +72,35 @@ def token_byte_lengths(encoding, size: int) -> np.ndarray:
     return out
 
 
-def counted_bytes(dataset: WindowDataset, table: np.ndarray, key: str) -> list[int]:
-    """Bytes of every token of each val file by the table (one vectorized gather per chunk)."""
+def byte_table(name: str, size: int) -> tuple[np.ndarray, int]:
+    """(the (>= size,) bytes-per-token table of tokenizer `name`, the ids it defines). A local
+    .tiktoken file that tiktoken cannot build without a split pattern still has its ranks, which
+    is all bytes per token need; its special tokens (not in the file) are ids past the ranks, 0 bytes,
+    so every id below the table's length is accepted."""
+    try:
+        encoding = resolve_tokenizer(TokenizerSpec(name=name)).encoding
+    except TokenizerError:
+        if not Path(name).is_file():
+            raise
+        ranks, _ = load_ranks(Path(name))
+        table = np.zeros(max(size, max(ranks.values()) + 1), dtype=np.int64)
+        for token, rank in ranks.items():  # once per run, before training
+            table[rank] = len(token)
+        return table, len(table)
+    return token_byte_lengths(encoding, size), encoding.n_vocab
+
+
+def counted_bytes(dataset: WindowDataset, table: np.ndarray, n_vocab: int, name: str, key: str) -> list[int]:
+    """Bytes of every token of each val file by the table (one vectorized gather per chunk); an id
+    the tokenizer does not have (>= n_vocab) means the file was packed with another one."""
     out = []
     for f in dataset.files:
         total = 0
         for start in range(0, f.num_tokens, _CHUNK):
             chunk = np.asarray(f.tokens[start:start + _CHUNK], dtype=np.int64)
-            if chunk.size and int(chunk.max()) >= len(table):
-                raise UserError(f"{key}: {f.path} holds token id {int(chunk.max())}, beyond the {len(table):,} "
-                                f"ids of the tokenizer for bits per byte")
+            if chunk.size and int(chunk.max()) >= n_vocab:
+                raise UserError(f"{key}: {f.path} holds token id {int(chunk.max())}, beyond the {n_vocab:,} ids of "
+                                f"tokenizer {name!r}; is it the tokenizer that packed the file?")
             total += int(table[chunk].sum())
         out.append(total)
     return out
@@ -112,15 +132,14 @@ def resolve(dataset: WindowDataset | None, bpb_tokenizer: str, vocab_size: int) 
 
     ratio = _ratio(described) if len(described) == len(files) else None
     try:
-        encoding = resolve_tokenizer(TokenizerSpec(name=name)).encoding
+        table, n_vocab = byte_table(name, vocab_size)
     except TokenizerError as e:
         if explicit:
             raise UserError(f"{key}: tokenizer {name!r} for bits per byte cannot be loaded: {e}") from None
         if ratio is None:
             return None, f"val/bpb not logged: the manifests' tokenizer {name!r} cannot be loaded: {e}"
         return ratio, f"val/bpb from the manifests' bytes per token ({ratio.description}); {e}"
-    table = token_byte_lengths(encoding, vocab_size)
-    counted = counted_bytes(dataset, table, key)
+    counted = counted_bytes(dataset, table, n_vocab, name, key)
     for path, m, n in zip(files, manifests, counted):
         if m is not None and n != m.text_bytes:
             what = f"tokenizer {name!r} gives {path} {n:,} text bytes, its manifest records {m.text_bytes:,}"
