@@ -123,7 +123,8 @@ class WandbWriter:
             pass
         self._thread.join(max(deadline - time.monotonic(), 0.0))
         if self._thread.is_alive():
-            _warn(f"still uploading after {timeout:.0f} s; the run goes on without waiting (its files are under "
+            what = "uploading" if self._initialized.is_set() else "waiting for the server in init"
+            _warn(f"still {what} after {timeout:.0f} s; the run ends without waiting (its files are under "
                   f"{self._wandb_dir()}/wandb/: `wandb sync` uploads them)")
 
     def _wandb_dir(self) -> str:
