@@ -164,6 +164,22 @@ def test_a_slow_wandb_never_stalls_the_logging_step(tmp_path, fake, monkeypatch,
     assert [r["step"] for r in records(tmp_path / "exp")] == list(range(1, 9))  # jsonl keeps them all
 
 
+def test_an_init_that_hangs_delays_the_end_of_the_run_only_briefly(tmp_path, fake, monkeypatch, capfd):
+    monkeypatch.setattr(metrics_wandb, "_CLOSE_BEFORE_INIT_S", 0.5)  # 15 s in a run
+    hang = threading.Event()
+    real_init = fake.init
+    monkeypatch.setattr(fake, "init", lambda **kw: (hang.wait(30), real_init(**kw))[1])  # the server never answers
+    log = _logger(tmp_path / "exp")
+    log.log(1, TRAIN)
+    start = time.perf_counter()
+    log.close()
+    assert time.perf_counter() - start < 5
+    (warning,) = _warnings(capfd.readouterr().err)
+    assert "still waiting for the server in init after 0 s; the run ends without waiting" in warning
+    hang.set()
+    assert [r["step"] for r in records(tmp_path / "exp")] == [1]
+
+
 def test_missing_wandb_stops_before_the_first_step(tmp_path, monkeypatch, capfd):
     from perfkit.train.train_cmd import main
 
