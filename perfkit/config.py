@@ -284,14 +284,23 @@ class ParallelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Console line, TensorBoard scalars and metrics.jsonl, written by rank 0 every log_every steps."""
+    """Console line, TensorBoard scalars, metrics.jsonl and optionally Weights & Biases, written by
+    rank 0 every log_every steps; bits per byte of the validation text at every evaluation."""
 
     log_every: int = 10
     tensorboard: bool = True
     jsonl: bool = True
+    wandb: bool = False                # the same scalars + the resolved config to W&B (perfkit[wandb])
+    wandb_project: str = "perfkit"
+    wandb_entity: str = ""             # "": W&B's default entity of the logged-in user
+    wandb_name: str = ""               # "": the experiment id
+    wandb_tags: list[str] = []
+    bpb_tokenizer: str = ""            # tokenizer of $.data.val files without a .pbin.json manifest
 
     def __post_init__(self):
         _positive(self, "metrics", ("log_every",))
+        if self.wandb and not self.wandb_project.strip():
+            raise ValueError("$.metrics.wandb_project must not be empty when $.metrics.wandb = true")
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,9 +1,11 @@
-"""Training metrics: one console line, TensorBoard scalars and a metrics.jsonl record per log.
+"""Training metrics: one console line, TensorBoard scalars, a metrics.jsonl record and (optionally)
+a Weights & Biases log per record (perfkit/metrics_wandb.py).
 
 Only rank 0 writes (pass enabled=False elsewhere). The console line goes to stderr, the stream of
 the whole run's log (checkpoint and preemption lines too), so a redirected log keeps their order.
 Every record has the same keys; values that cannot be known are None in JSON, "n/a" on the
-console and absent from TensorBoard (MFU on a GPU whose peak is not in the table is never guessed).
+console and absent from TensorBoard and W&B (MFU on a GPU whose peak is not in the table is never
+guessed). W&B never fails a run: its problems are warnings (see metrics_wandb.py).
 
 Throughput numbers (docs/architecture.md): tokens/s per GPU is the headline; TFLOP/s per GPU =
 tokens/s per GPU * FLOPs per token; MFU = TFLOP/s / dense bf16 peak of the GPU.
@@ -24,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from perfkit.atomic import write_atomic
 from perfkit.config import MetricsConfig
+from perfkit.metrics_wandb import WandbWriter, check_wandb_installed  # noqa: F401 - for the trainer
 
 # Dense bf16 peak FLOP/s by GPU name (NVIDIA datasheets: the sparsity figures halved); checked in
 # order, so the more specific names come first.
@@ -105,8 +108,14 @@ _TB_TAGS = {
     "loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "tokens_seen": "train/tokens_seen",
     "tokens_per_s_per_gpu": "perf/tokens_per_s_per_gpu", "tflops_per_gpu": "perf/tflops_per_gpu",
     "mfu": "perf/mfu", "peak_mem_gib": "perf/peak_mem_gib", "data_wait_frac": "perf/data_wait_frac",
-    "val_loss": "val/loss", "nonfinite_skips": "train/nonfinite_skips",
+    "val_loss": "val/loss", "val_bpb": "val/bpb", "nonfinite_skips": "train/nonfinite_skips",
 }
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The record's TensorBoard tags -> finite numbers (what TensorBoard and W&B receive)."""
+    return {_TB_TAGS[k]: v for k, v in record.items()
+            if k in _TB_TAGS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 class MetricsLogger:
@@ -121,13 +130,14 @@ class MetricsLogger:
     """
 
     def __init__(self, cfg: MetricsConfig, run_dir: str | Path, *, enabled: bool = True, max_steps: int = 0,
-                 start_step: int | None = None):
+                 start_step: int | None = None, run_config: dict[str, Any] | None = None):
         self.cfg = cfg
         self.enabled = enabled
         self.max_steps = max_steps
         self.run_dir = Path(run_dir)
         self._tb = None
         self._jsonl = None
+        self._wandb = None
         if not enabled:
             return
         if cfg.tensorboard:
@@ -145,6 +155,9 @@ class MetricsLogger:
             except OSError as e:
                 self.close(quiet=True)
                 raise _write_failed(path, e) from None
+        if cfg.wandb:  # last: a failed TensorBoard or jsonl open above leaves no W&B run behind
+            name = cfg.wandb_name or self.run_dir.name  # the experiment id
+            self._wandb = WandbWriter(cfg, self.run_dir, run_config or {}, name)
 
     @property
     def jsonl_path(self) -> Path:
@@ -165,10 +178,8 @@ class MetricsLogger:
         print(self.format_line(record), file=sys.stderr, flush=True)
         if self._tb is not None:
             try:
-                for key, value in record.items():
-                    tag = _TB_TAGS.get(key)
-                    if tag and isinstance(value, (int, float)) and math.isfinite(value):
-                        self._tb.add_scalar(tag, value, step)
+                for tag, value in scalars(record).items():
+                    self._tb.add_scalar(tag, value, step)
                 self._tb.flush()  # TensorBoard's writer thread re-raises its write error here
             except OSError as e:
                 self.close(quiet=True)
@@ -179,12 +190,15 @@ class MetricsLogger:
             except OSError as e:
                 self.close(quiet=True)
                 raise _write_failed(self.jsonl_path, e) from None
+        if self._wandb is not None:
+            self._wandb.log(step, scalars(record))  # a queue hand-over: never waits, never raises
 
     def format_line(self, record: dict[str, Any]) -> str:
         total = f"/{self.max_steps}" if self.max_steps else ""
         parts = [f"step {record['step']}{total}"]
         if record.get("kind") == "val":
-            return f"{parts[0]} | val loss {record['val_loss']:.4f}"
+            bpb = record.get("val_bpb")
+            return f"{parts[0]} | val loss {record['val_loss']:.4f}" + (f" | val bpb {bpb:.4f}" if bpb is not None else "")
         for key, label, fmt in _CONSOLE:
             if key not in record:
                 continue
@@ -195,6 +209,9 @@ class MetricsLogger:
     def close(self, quiet: bool = False) -> None:
         """Flush and close; quiet: after a failed write, ignore further errors (already reported)."""
         tb, jsonl, self._tb, self._jsonl = self._tb, self._jsonl, None, None
+        wandb, self._wandb = self._wandb, None
+        if wandb is not None:
+            wandb.close(**({"timeout": 10.0} if quiet else {}))  # bounded wait; W&B problems are warnings
         try:
             if tb is not None:
                 tb.close()

@@ -3,7 +3,8 @@
 Each RUN is a run folder (`<run.root>/<experiment_id>/`, holding the `metrics.jsonl` the trainer
 writes) or a `metrics.jsonl` file itself. The picture has two panels: loss (train as a line,
 validation as dots on the same colour) and tokens/s per GPU (per process on CPU), both over the
-optimizer step, one colour per run. A one-line summary per run is printed as well, for reports.
+optimizer step, one colour per run; a third, validation bits per byte, when a run logged `val_bpb`
+(comparable across tokenizers, unlike the loss). A one-line summary per run is printed as well.
 
 Reading rules (perfkit.metrics writes one JSON object per line, `kind` "train" or "val"):
 - a missing, unreadable, empty or corrupt file is an error that names the file (and the line);
@@ -53,6 +54,8 @@ class RunMetrics:
     tokens_per_s: list[float] = field(default_factory=list)
     val_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    bpb_steps: list[int] = field(default_factory=list)       # val records with a bits-per-byte value
+    val_bpb: list[float] = field(default_factory=list)
     seen: dict[int, int] = field(default_factory=dict)       # step -> tokens_seen (train records)
     warnings: list[str] = field(default_factory=list)
 
@@ -112,6 +115,7 @@ def read_metrics(run: str | Path, label: str | None = None) -> RunMetrics:
     out = RunMetrics(label=label or _default_label(path), path=path)
     train: dict[int, tuple[float | None, float | None]] = {}
     val: dict[int, float | None] = {}
+    bpb: dict[int, float | None] = {}
     lines = text.split("\n")
     complete = text.endswith("\n")
     for number, line in enumerate(lines, 1):
@@ -133,6 +137,7 @@ def read_metrics(run: str | Path, label: str | None = None) -> RunMetrics:
         kind = record.get("kind", "train")
         if kind == "val":
             val[step] = _number(record.get("val_loss"), where, "val_loss")
+            bpb[step] = _number(record.get("val_bpb"), where, "val_bpb")
         elif kind == "train":
             train[step] = (_number(record.get("loss"), where, "loss"),
                            _number(record.get("tokens_per_s_per_gpu"), where, "tokens_per_s_per_gpu"))
@@ -154,6 +159,9 @@ def read_metrics(run: str | Path, label: str | None = None) -> RunMetrics:
         if val[step] is not None:
             out.val_steps.append(step)
             out.val_loss.append(val[step])
+        if bpb[step] is not None:
+            out.bpb_steps.append(step)
+            out.val_bpb.append(bpb[step])
     return out
 
 
@@ -179,6 +187,8 @@ def summary(r: RunMetrics) -> str:
                      f"{r.train_loss[0]:.4f} -> {r.train_loss[-1]:.4f}")
     if r.val_steps:
         parts.append(f"val loss {r.val_loss[-1]:.4f} (step {r.val_steps[-1]})")
+    if r.bpb_steps:
+        parts.append(f"val bpb {r.val_bpb[-1]:.4f} (step {r.bpb_steps[-1]})")
     finite = [t for t in r.tokens_per_s if math.isfinite(t)]
     if finite:
         parts.append(f"median {statistics.median(finite):,.0f} tokens/s per GPU")
@@ -187,7 +197,8 @@ def summary(r: RunMetrics) -> str:
 
 def draw(runs: list[RunMetrics], output: Path, title: str | None = None, log_loss: bool = False,
          x: str = "step") -> None:
-    """Write the two-panel figure over steps or tokens trained on (x = "step" | "tokens").
+    """Write the two-panel figure (three with bits per byte) over steps or tokens trained on
+    (x = "step" | "tokens").
     Raises ImportError when matplotlib is missing, MetricsError when a run lacks tokens_seen."""
     def xs(r: RunMetrics, steps: list[int]) -> list[float]:
         return r.tokens_at(steps) if x == "tokens" else steps
@@ -198,8 +209,9 @@ def draw(runs: list[RunMetrics], output: Path, title: str | None = None, log_los
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
     from matplotlib.ticker import EngFormatter
 
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ax_loss, ax_tok = fig.subplots(1, 2)
+    with_bpb = any(r.bpb_steps for r in runs)
+    fig = Figure(figsize=(16 if with_bpb else 11, 4.2), layout="constrained")
+    ax_loss, ax_tok, *ax_bpb = fig.subplots(1, 3 if with_bpb else 2)
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for r, color in zip(runs, colors):
         if r.train_steps:
@@ -209,13 +221,18 @@ def draw(runs: list[RunMetrics], output: Path, title: str | None = None, log_los
                          label=f"{r.label} val")
         if r.tok_steps:
             ax_tok.plot(xs(r, r.tok_steps), r.tokens_per_s, color=color, lw=1.5, marker=".", label=r.label)
+        if r.bpb_steps:
+            ax_bpb[0].plot(xs(r, r.bpb_steps), r.val_bpb, color=color, ls="--", marker="o", ms=5, lw=1,
+                           label=f"{r.label} val")
     xlabel = "tokens trained on" if x == "tokens" else "step"
     ax_loss.set(xlabel=xlabel, ylabel="loss (cross-entropy per token)", title="loss")
     if log_loss:
         ax_loss.set_yscale("log")
     ax_tok.set(xlabel=xlabel, ylabel="tokens/s per GPU", title="throughput")
     ax_tok.set_ylim(bottom=0)
-    for ax in (ax_loss, ax_tok):
+    if with_bpb:
+        ax_bpb[0].set(xlabel=xlabel, ylabel="bits per UTF-8 byte of the validation text", title="val bits per byte")
+    for ax in (ax_loss, ax_tok, *ax_bpb):
         ax.grid(True, alpha=0.3)
         if x == "tokens":
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 50k, 1.5M, 2G: no overlapping digits

@@ -31,12 +31,16 @@ ALLOWED = [
     ("perfkit.formats", ("perfkit.formats", "perfkit.atomic", "perfkit.errors")),
     ("perfkit.prep", ("perfkit.prep", "perfkit.formats", "perfkit.atomic", "perfkit.errors")),
     ("perfkit.data", ("perfkit.data", "perfkit.formats", "perfkit.config", "perfkit.atomic", "perfkit.errors")),
-    ("perfkit.metrics", ("perfkit.config", "perfkit.atomic", "perfkit.errors")),
+    ("perfkit.metrics_wandb", ("perfkit.config", "perfkit.atomic", "perfkit.errors")),
+    ("perfkit.metrics", ("perfkit.metrics_wandb", "perfkit.config", "perfkit.atomic", "perfkit.errors")),
     ("perfkit.plot_cmd", ("perfkit.errors",)),
     # the HF export writes the tokenizer the data was packed with: it resolves it as pack does
     ("perfkit.checkpoint.hf_tokenizer", ("perfkit.prep.tokenizer", "perfkit.formats", "perfkit.errors")),
     ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.formats", "perfkit.config",
                             "perfkit.atomic", "perfkit.errors", "perfkit.ranks")),
+    # bits per byte needs the bytes of each token id of the tokenizer that packed the val files;
+    # prep/tokenizer.py is the one resolver of tokenizer names (torch-free, so no cycle)
+    ("perfkit.train.bits_per_byte", ("perfkit.data", "perfkit.formats", "perfkit.errors", "perfkit.prep.tokenizer")),
     ("perfkit.train", ("perfkit.train", "perfkit.model", "perfkit.data", "perfkit.formats", "perfkit.checkpoint",
                        "perfkit.metrics", "perfkit.config", "perfkit.atomic", "perfkit.errors",
                        "perfkit.ranks")),

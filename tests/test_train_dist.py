@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -26,7 +27,10 @@ def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path):
     """FSDP over 2 ranks x 8 samples gives the losses of 1 rank x 16 samples: the sampler hands the
     two ranks the interleaved halves of the same 16 samples, and init_device = "cpu" makes the
     initial weights independent of the world size."""
-    steps = {"training.max_steps": 30, "metrics.log_every": 5, "training.eval_every": 15}
+    # bpb_tokenizer: GPT-2 gives the tiny data's ids (< 256) one byte each, so val_bpb = val_loss / ln 2
+    # exactly when the byte count is summed over the ranks like the loss
+    steps = {"training.max_steps": 30, "metrics.log_every": 5, "training.eval_every": 15,
+             "metrics.bpb_tokenizer": "gpt2"}
     train, val = make_dataset(tmp_path / "data")
     proc = torchrun(tiny_overrides(tmp_path, train, val, **steps) + ["--run.experiment_id=two"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,6 +48,7 @@ def test_two_ranks_match_one_rank_on_the_same_global_batch(tmp_path):
     assert [r["tokens_seen"] for r in two] == [r["tokens_seen"] for r in one]
     v2, v1 = records(tmp_path / "runs" / "two", "val"), records(one_dir, "val")
     assert [r["val_loss"] for r in v2] == pytest.approx([r["val_loss"] for r in v1], rel=1e-4)
+    assert [r["val_bpb"] for r in v2] == pytest.approx([r["val_loss"] / math.log(2) for r in v2], rel=1e-9)
 
 
 def test_bad_input_stops_every_rank_without_hanging(tmp_path):

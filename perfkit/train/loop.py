@@ -25,7 +25,7 @@ from perfkit.checkpoint.checkpointer import all_ranks_succeed  # the outcome all
 from perfkit.config import MetricsConfig, TrainingConfig
 from perfkit.metrics import MetricsLogger, MetricsWriteError, host_peak_rss_gib, throughput
 from perfkit.train.distributed import Env, mean_across_ranks
-from perfkit.train.evaluate import evaluate
+from perfkit.train.evaluate import evaluate_sums
 from perfkit.train.plan import Plan
 from perfkit.train.step import train_step
 
@@ -65,6 +65,8 @@ class TrainParts:
     checkpointer: Any = None            # perfkit.checkpoint.Checkpointer
     preemption: Any = None              # perfkit.train.preemption.PreemptionGuard
     heartbeat: Any = None               # perfkit.train.heartbeat.Heartbeat, stopped after the first step
+    val_bytes: Any = None               # perfkit.train.bits_per_byte.ValBytes: how val/bpb is computed, or None
+    val_token_bytes: Any = None         # its (V,) int64 bytes-per-token table on the device (exact mode)
 
 
 def _peak_memory_gib(device: torch.device) -> float:
@@ -83,10 +85,13 @@ def _agreed(work, what: str):
                                 f"disk); free space and resume with --checkpoint.resume=auto") from None
 
 
-def open_metrics(cfg: MetricsConfig, run_dir, env: Env, max_steps: int, start_step: int) -> MetricsLogger:
-    """The run's MetricsLogger (writing on rank 0 only), its opening agreed by every rank."""
+def open_metrics(cfg: MetricsConfig, run_dir, env: Env, max_steps: int, start_step: int,
+                 run_config: dict | None = None) -> MetricsLogger:
+    """The run's MetricsLogger (writing on rank 0 only), its opening agreed by every rank;
+    `run_config`: the resolved config, for W&B."""
     return _agreed(lambda: MetricsLogger(cfg, run_dir, enabled=env.is_main, max_steps=max_steps,
-                                         start_step=start_step), "opening the metrics failed")
+                                         start_step=start_step, run_config=run_config),
+                   "opening the metrics failed")
 
 
 def _log(metrics: MetricsLogger, step: int, record: dict, kind: str = "train") -> None:
@@ -96,9 +101,12 @@ def _log(metrics: MetricsLogger, step: int, record: dict, kind: str = "train") -
 def _run_eval(parts: TrainParts, env: Env, cfg: TrainingConfig, metrics: MetricsLogger) -> float | None:
     if parts.val_loader is None:
         return None
-    val = evaluate(parts.model, parts.val_loader, env.device, cfg.eval_batches)
-    _log(metrics, parts.progress.step, {"val_loss": val}, kind="val")
-    return val
+    result = evaluate_sums(parts.model, parts.val_loader, env.device, cfg.eval_batches, parts.val_token_bytes)
+    record = {"val_loss": result.loss}
+    if parts.val_bytes is not None:
+        record["val_bpb"] = parts.val_bytes.bits_per_byte(result)
+    _log(metrics, parts.progress.step, record, kind="val")
+    return result.loss
 
 
 def train(parts: TrainParts, plan: Plan, cfg: TrainingConfig, env: Env, metrics: MetricsLogger,

@@ -27,9 +27,9 @@ from perfkit.data.loader import build_train_loader, build_val_loader, check_val_
 from perfkit.data.manifests import check_data_manifests
 from perfkit.data.windows import WindowDataset, pbin_paths
 from perfkit.errors import UserError
-from perfkit.metrics import MetricsLogger, peak_flops
+from perfkit.metrics import MetricsLogger, check_wandb_installed, peak_flops
 from perfkit.model import flops_per_token, parameter_count
-from perfkit.train import distributed, loop, resume_settings, run_folder
+from perfkit.train import bits_per_byte, distributed, loop, resume_settings, run_folder
 from perfkit.train.distributed import Env
 from perfkit.train.faults import NonFiniteGuard
 from perfkit.train.heartbeat import Heartbeat
@@ -182,8 +182,17 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None, datasets: 
                       guard=NonFiniteGuard(cfg.training.on_nonfinite))
 
 
-def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | None = None) -> int:
-    """Create the process group, build everything, train; always tears the group down."""
+def check_metrics(cfg: Config, datasets: Datasets):
+    """W&B installed when enabled, and how val/bpb is computed: (ValBytes or None, its start line).
+    Before the process group, like the data checks (bits_per_byte.py reads the val manifests)."""
+    check_wandb_installed(cfg.metrics)
+    return bits_per_byte.resolve(datasets.val, cfg.metrics.bpb_tokenizer, cfg.model.vocab_size)
+
+
+def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | None = None,
+        val_bytes=None) -> int:
+    """Create the process group, build everything, train; always tears the group down.
+    `val_bytes`: check_metrics's (ValBytes or None, start line)."""
     distributed.init(env, cfg.parallel)
     lock = None  # the run folder's flock (rank 0), held until the run ends
     # from here a signal exits at once until the first step completes (nothing to save before it);
@@ -206,10 +215,16 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | 
                   f"{plan.max_steps} steps x {plan.tokens_per_step:,} tokens, grad accumulation "
                   f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}",
                   file=sys.stderr, flush=True)
+            if val_bytes is not None and val_bytes[1]:
+                print(f"perfkit train: {val_bytes[1]}", file=sys.stderr, flush=True)
 
         heartbeat.phase("building the model")
         parts = build_train_parts(cfg, env, plan, datasets=datasets)
         parts.heartbeat = heartbeat
+        if val_bytes is not None and val_bytes[0] is not None:
+            parts.val_bytes = val_bytes[0]
+            table = parts.val_bytes.token_bytes
+            parts.val_token_bytes = None if table is None else torch.from_numpy(table).to(env.device)
         try:  # the loader is closed whatever fails from here on
             parts.checkpointer = Checkpointer(
                 cfg.checkpoint, run_dir, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
@@ -224,7 +239,7 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | 
             # run folder's config.json describing the checkpoints that are in it
             _write_run_folder(env, run_dir, resolved)
             device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
-            metrics = loop.open_metrics(cfg.metrics, run_dir, env, plan.max_steps, parts.progress.step)
+            metrics = loop.open_metrics(cfg.metrics, run_dir, env, plan.max_steps, parts.progress.step, resolved)
             try:
                 parts.preemption = preemption
                 return loop.train(parts, plan, cfg.training, env, metrics, cfg.metrics.log_every,

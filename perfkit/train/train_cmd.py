@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         check_fits(estimate, env.device, cfg.run.check_memory)  # before the model is built
         setup.check_outputs(cfg)
         setup.check_data(cfg, datasets)
+        val_bytes = setup.check_metrics(cfg, datasets)  # W&B installed; how val/bpb is computed
     except UserError as e:  # bad input: one line; a bug (any other error) keeps its traceback
         if args.dry_run:
             print_line(f"perfkit train: {e}")
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from perfkit.train.loop import TrainingError
 
     try:
-        return setup.run(cfg, env, plan, resolved_config(cfg, plan), datasets)
+        return setup.run(cfg, env, plan, resolved_config(cfg, plan), datasets, val_bytes)
     except (NonFiniteError, TrainingError, MetricsWriteError) as e:  # during training
         print_line(f"perfkit train: rank {env.rank}: {e}")
         return FAILED
