@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from perfkit.checkpoint import Checkpointer, CheckpointError
 from perfkit.checkpoint.hf_export import export_hf
 from perfkit.config import CheckpointConfig, Config, ModelConfig
+from perfkit.errors import UserError
 from perfkit.model import GPT
 from perfkit.train.setup import check_outputs
 from test_export_hf import tiny_tokenizer_json
@@ -156,5 +157,5 @@ def test_the_trainer_accepts_an_hf_folder_before_the_process_group(tmp_path):
     check_outputs(cfg)  # accepted: no CheckpointError about a missing COMPLETE marker
     assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
     (folder / "config.json").write_text("{}")  # no model_type: neither an HF folder nor a checkpoint
-    with pytest.raises(Exception, match=r"\$.checkpoint.warm_start"):
+    with pytest.raises(UserError, match=r"\$.checkpoint.warm_start"):
         check_outputs(cfg)
