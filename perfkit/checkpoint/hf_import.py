@@ -35,8 +35,11 @@ def read_hf_state(folder: Path, model_config: dict, current: dict[str, Tensor]) 
     cfg = ModelConfig(**{**model_config, "kernels": "torch"})
     _, notes = check_fits(hf, cfg, str(folder))  # before the weights are read
     state = from_hf(read_weights(folder), cfg, str(folder))
-    full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v)
-            for k, v in current.items() if k in ("tok_emb.weight", "lm_head.weight")}
+    # gathered only when the folder's vocabulary is unpadded (the same decision on every rank, so
+    # each rank joins the same full_tensor all-gathers): an 8B model's embedding is GBs per rank
+    rows = hf.get("vocab_size")
+    full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in current.items()
+            if k in ("tok_emb.weight", "lm_head.weight") and rows != v.shape[0]}
     padded = pad_vocab_rows(state, full)
     if padded:
         notes.append(f"vocab_size = {hf.get('vocab_size')} rows fill the first rows of the padded "
