@@ -276,11 +276,21 @@ class ParallelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # weights identical for every world size - used by the loss-parity tests)
     activation_checkpointing: Literal["none", "full", "op"] = "none"  # recompute blocks in backward
     activation_checkpointing_every: int = 1                # checkpoint blocks 0, k, 2k, ...
+    # float8 training of the block linears (torchao; perfkit/train/float8.py): CUDA compute
+    # capability >= 8.9 only; the head, the embedding and linears narrower than
+    # float8_min_features (in or out) stay in the compute dtype
+    float8: bool = False
+    float8_recipe: Literal["rowwise", "tensorwise"] = "rowwise"  # scale per row, or one per tensor
+    float8_min_features: int = 2048                        # convert a block linear only if in and out >= this
 
     def __post_init__(self):
         if self.activation_checkpointing_every < 1:
             raise ValueError("$.parallel.activation_checkpointing_every must be >= 1, "
                              f"got {self.activation_checkpointing_every}")
+        if self.float8_min_features < 16 or self.float8_min_features % 16:
+            # float8 matmuls (torch._scaled_mm) need both dimensions to be multiples of 16
+            raise ValueError("$.parallel.float8_min_features must be a multiple of 16 and >= 16, "
+                             f"got {self.float8_min_features}")
 
 
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts, noop_context_fn
 
-# matmul and attention ops whose outputs "op" keeps (the names that exist in this torch build)
-_SAVED_OP_NAMES = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention",
+# matmul and attention ops whose outputs "op" keeps (the names that exist in this torch build);
+# _scaled_mm is the float8 matmul of $.parallel.float8's linears (torchao), a matmul like the others
+_SAVED_OP_NAMES = ("mm", "addmm", "bmm", "_scaled_mm", "_scaled_dot_product_flash_attention",
                    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
                    "_scaled_dot_product_flash_attention_for_cpu")
 

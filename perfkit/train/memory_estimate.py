@@ -41,6 +41,13 @@ for "op").
 The fused linear + cross-entropy ($.model.fused_linear_cross_entropy) changes the logits term to
 one (chunk, vocab) fp32 block (the chunk's logits, turned into their gradient in place in
 backward), the fp32 d(head weight) accumulator and one fp32 log-sum-exp per token.
+float8 ($.parallel.float8, perfkit/train/float8.py) leaves the fp32 shard, the gradients and the
+optimizer state as they are. With the tensorwise recipe FSDP2 all-gathers the converted linears'
+weights in float8, so their gathered compute copies count 1 byte per element; rowwise gathers
+them in the compute dtype (unchanged). Activations are counted as without float8: torchao's
+float8 linear saves its high-precision input and weight for backward (torch.compile's
+partitioner may keep a float8 copy instead, 1 byte per value: then this term is an upper
+bound). The transient float8 casts of one linear's operands are not counted.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from perfkit.config import ModelConfig, OptimizerConfig, ParallelConfig
 from perfkit.errors import UserError
 from perfkit.model.accounting import padded_vocab_size, parameter_count
 from perfkit.model.loss import default_chunk_tokens
+from perfkit.train import float8
 
 GIB = 2**30
 FP32 = 4
@@ -157,11 +165,11 @@ def estimate_memory(model: ModelConfig, parallel: ParallelConfig, optimizer: Opt
     block = _block_parameters(model)
     root = total_params - model.n_layer * block          # embeddings, final norm, head
     shard = -(-total_params // world_size)                # ceil: FSDP2 pads the last rank's shard
-    if parallel.reshard_after_forward:
-        gathered = root + min(model.n_layer, 3) * block  # running + prefetched + the kept last block
-    else:
-        gathered = total_params
+    gathered_blocks = min(model.n_layer, 3) if parallel.reshard_after_forward else model.n_layer
+    gathered = root + gathered_blocks * block  # reshard: running + prefetched + the kept last block
     params = FP32 * shard + compute * gathered
+    if parallel.float8 and parallel.float8_recipe == "tensorwise":  # those weights are gathered in float8
+        params -= gathered_blocks * float8.plan(model, parallel).converted_weight_elements() * (compute - 1)
     if parallel.init_device == "cpu":
         params = max(params, FP32 * total_params + FP32 * shard)  # the whole model, before sharding
     unsharded_grads = total_params if grad_accum_steps > 1 else root + min(model.n_layer, 2) * block

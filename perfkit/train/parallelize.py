@@ -1,8 +1,13 @@
-"""Build the model for training: construct, compile each block, shard with FSDP2, materialize.
+"""Build the model for training: construct, float8, checkpoint and compile each block, shard with FSDP2,
+materialize.
 
 Order (torchtitan's, for reasons):
 1. Construct on the meta device: no memory, so a model larger than one GPU can be described.
-2. Activation checkpointing of every k-th block (activation_checkpoint.py), then
+2. float8 conversion of the large block linears ($.parallel.float8, float8.py): before
+   checkpointing (the recompute replays the float8 casts) and compile (Dynamo traces and fuses
+   the casts and scales into the block's graph) and before fully_shard (so FSDP2 shards torchao's
+   float8-aware weights: with the tensorwise recipe they are all-gathered in float8).
+   Then activation checkpointing of every k-th block (activation_checkpoint.py), then
    `block.compile(fullgraph=True)` per transformer block - in place, so parameter names stay
    `blocks.0.attn...` (a checkpoint loads with compile on or off) and every block reuses one graph.
 3. `fully_shard` per block, then the root (embedding, final norm, head): one all-gather per block
@@ -24,6 +29,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from perfkit.config import ModelConfig, ParallelConfig
 from perfkit.model import GPT
 from perfkit.train.activation_checkpoint import apply_activation_checkpointing
+from perfkit.train.float8 import convert_block_linears
 
 
 def mp_policy(par: ParallelConfig, device: torch.device, cast_inputs: bool = True) -> MixedPrecisionPolicy:
@@ -52,6 +58,8 @@ def build_model(model_cfg: ModelConfig, par: ParallelConfig, device: torch.devic
         with torch.device("meta"):
             model = GPT(model_cfg)
 
+    # float8 first: checkpointing and compile must see the Float8Linear modules, fully_shard their weights
+    convert_block_linears(model, par)
     # checkpointing before compile (one traced region per block) and before fully_shard
     apply_activation_checkpointing(model.blocks, par.activation_checkpointing, par.activation_checkpointing_every)
     if par.compile:

@@ -29,7 +29,7 @@ from perfkit.data.windows import WindowDataset, pbin_paths
 from perfkit.errors import UserError
 from perfkit.metrics import MetricsLogger, check_wandb_installed, peak_flops
 from perfkit.model import flops_per_token, parameter_count
-from perfkit.train import bits_per_byte, distributed, loop, resume_settings, run_folder
+from perfkit.train import bits_per_byte, distributed, float8, loop, resume_settings, run_folder
 from perfkit.train.distributed import Env
 from perfkit.train.faults import NonFiniteGuard
 from perfkit.train.heartbeat import Heartbeat
@@ -169,6 +169,7 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None, datasets: 
     configure_backends(cfg, env)
     model = build_model(cfg.model, cfg.parallel, env.device, cfg.run.seed)
     optimizer = build_optimizer(model, cfg.optimizer, env.device)
+    float8.register_scale_precompute(model, optimizer, cfg.parallel)  # tensorwise: scales after each update
     scheduler = build_scheduler(cfg.scheduler, cfg.optimizer, optimizer, plan.max_steps)
     loader_args = dict(seq_len=cfg.model.sequence_length, micro_batch_size=cfg.training.micro_batch_size,
                        rank=env.rank, world_size=env.world_size, device=env.device)

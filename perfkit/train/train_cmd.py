@@ -112,11 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         datasets = setup.open_datasets(cfg, env.world_size)  # every .pbin opened once, here
         plan = setup.make_run_plan(cfg, env, datasets)
         estimate = estimate_for_plan(cfg, plan, env.device.type)
+        float8_plan = setup.float8.plan(cfg.model, cfg.parallel) if cfg.parallel.float8 else None
         if args.dry_run:  # printed, not enforced: a pre-check may run on a login node without the GPUs
             out = resolved_config(cfg, plan)
             out["derived"]["memory_estimate"] = estimate.to_dict()
+            if float8_plan is not None:
+                out["derived"]["float8"] = float8_plan.to_dict()
             print(json.dumps(out, indent=2))
             return 0
+        setup.float8.check_device(cfg.parallel, env.device)  # CPU, pre-Hopper GPUs, no torchao: refused here
         check_fits(estimate, env.device, cfg.run.check_memory)  # before the model is built
         setup.check_outputs(cfg)
         setup.check_data(cfg, datasets)
