@@ -1,7 +1,7 @@
 """`perfkit bench [train] [CONFIG] ...`: tokens/s per GPU of a config's real training step.
 
     perfkit bench configs/gpt2.toml [--steps 20] [--warmup 5] [--synthetic] [--profile [--memory-snapshot]]
-                  [--compare kernels|compile|reshard|loss] [--json FILE] [--override KEY=VALUE ...] [--KEY=VALUE ...]
+                  [--compare kernels|compile|reshard|loss|float8] [--json FILE] [--override KEY=VALUE ...] [--KEY=VALUE ...]
     torchrun --nproc_per_node 8 -m perfkit.bench.train configs/gpt2.toml --synthetic
 
 Builds the trainer's own parts (perfkit.bench.train_parts), runs `--warmup` untimed steps (compile,
@@ -17,7 +17,8 @@ the checkout; bench/results/ holds only the records committed on purpose).
                 trace per rank in the run folder (<run.root>/bench_<time>/) and a table of top operations.
 --compare AXIS  variants in one run, each built fresh, side by side with ratios to the first:
                 kernels (triton vs torch), compile (on vs off), reshard (reshard_after_forward on vs off),
-                loss (fused linear + cross-entropy vs unfused).
+                loss (fused linear + cross-entropy vs unfused),
+                float8 (bf16 block linears vs float8 rowwise vs float8 tensorwise; CUDA >= 8.9 only).
 On CPU (configs/cpu_debug.toml) the numbers are tokens/s per process and MFU is n/a.
 Exit codes: 0 measured; 1 error (missing data, non-finite loss, ...); 2 bad config or arguments.
 
@@ -48,6 +49,9 @@ COMPARE = {
                 ("no-reshard", ["--parallel.reshard_after_forward=false"])],
     "loss": [("fused", ["--model.fused_linear_cross_entropy=true"]),
              ("unfused", ["--model.fused_linear_cross_entropy=false"])],
+    "float8": [("bf16", ["--parallel.float8=false"]),
+               ("rowwise", ["--parallel.float8=true", "--parallel.float8_recipe=rowwise"]),
+               ("tensorwise", ["--parallel.float8=true", "--parallel.float8_recipe=tensorwise"])],
 }
 
 
@@ -102,6 +106,21 @@ def _gather_medians(value: float) -> list[float]:
     from perfkit.ranks import gather_objects
 
     return [float(v) for v in gather_objects(value)]
+
+
+def _float8_refusal(configs, device) -> str | None:
+    """float8 where it cannot run (CPU, a GPU below compute capability 8.9, no torchao) or where it
+    would convert nothing: the one-line reason, found before any variant is built."""
+    from perfkit.train import float8
+
+    try:
+        for _, cfg in configs:
+            if cfg.parallel.float8:
+                float8.plan(cfg.model, cfg.parallel)
+                float8.check_device(cfg.parallel, device)
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def run_variant(args, cfg, env, env_info, peak, run_dir, variant, show_header) -> dict:
@@ -170,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     first = configs[0][1]
     try:
         env = distributed.read_env(first.run)
+        refused = _float8_refusal(configs, env.device)
+        if refused:  # a config that cannot run here, not a data problem: exit 2 and no --synthetic hint
+            print(f"perfkit bench train: {refused}", file=sys.stderr)
+            return 2
         if not args.synthetic:
             setup.check_data(first, setup.open_datasets(first, env.world_size))  # token ids < vocab: a bad file fails here, not as a device assert
         for _, cfg in configs:  # a GPU-sized config on a CPU host is refused here, not after minutes of swapping

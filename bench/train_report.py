@@ -40,6 +40,8 @@ def make_record(*, parts, m: Measurement, env_info: dict, peak: float | None, ar
         "kernels_ran": cfg.model.kernels if device == "cuda" or cfg.model.kernels == "torch" else "torch-reference",
         "compile": cfg.parallel.compile, "reshard_after_forward": cfg.parallel.reshard_after_forward,
         "mixed_precision": cfg.parallel.mixed_precision if device == "cuda" else "fp32",
+        # the float8 recipe of the block linears, None without float8 (MFU stays against the bf16 peak)
+        "float8": cfg.parallel.float8_recipe if cfg.parallel.float8 else None,
         "parameters": plan.parameters, "non_embedding_parameters": plan.non_embedding_parameters,
         "flops_per_token": plan.flops_per_token, "flops_formula": FLOPS_FORMULA,
         "micro_batch_size": plan.micro_batch_size, "grad_accum_steps": plan.grad_accum_steps,

@@ -15,6 +15,7 @@ ALLOWED = {
     "perfkit/plot_cmd.py": "optional dependency",
     "perfkit/metrics_wandb.py": "the optional dependency",
     "perfkit/train/train_cmd.py": "kept out of `--help` and config errors",
+    "perfkit/train/float8.py": "torchao is an optional package",
     "perfkit/prep/pack_config.py": "Python 3.10",
     "perfkit/prep/pack_cmd.py": "read_raw_index",      # pack <-> rawindex import each other (issue 13 item 4)
     "perfkit/prep/index_cmd.py": "default_workers",
