@@ -16,8 +16,9 @@
 #   gpu-tests  pytest -m gpu (the only place the CUDA tests of every part run)
 #   kernels    python -m perfkit.bench.kernels at the model's shapes           -> OUTDIR/kernels.jsonl
 #   loader     python -m perfkit.bench.loader                                  -> OUTDIR/loader.jsonl
-#   then, only while the budget lasts: kernels-wide (hidden 4096/8192 at 64k rows), train-mb32 and
-#   train-llama1b-loss (configs/llama3_1b.toml, fused vs unfused loss)
+#   then, only while the budget lasts: train-llama1b-float8 (configs/llama3_1b.toml, bf16 vs float8
+#   rowwise vs tensorwise block linears: issue 15's float8 >= 1.2x target), kernels-wide (hidden
+#   4096/8192 at 64k rows), train-mb32 and train-llama1b-loss (llama3_1b.toml, fused vs unfused loss)
 #   (the Triton variant at micro-batch 32, a candidate default for gpt2.toml)
 # Every step has its own timeout and all share one deadline (BUDGET_S, default 465 s); a step that
 # fails or times out is recorded with its exit code and the next one runs. All output goes to
@@ -192,7 +193,13 @@ pytest_args=(-m gpu -v -rs -p no:cacheprovider --continue-on-collection-errors) 
 step gpu-tests 170 "$PY" -m pytest "${pytest_args[@]}"
 step kernels 100 "$PY" -m perfkit.bench.kernels --rows 16384 --hidden 768 2048 --json "$OUT/kernels.jsonl"
 step loader 45 "$PY" -m perfkit.bench.loader --batch 16 --seconds 1 --wait-steps 100 --json "$OUT/loader.jsonl"
-# ---- only if time is left: the rest of issue 4's shape grid, and a larger micro-batch for gpt2.toml
+# ---- only if time is left (or named alone: DEVICE_CHECK_STEPS=train-llama1b-float8) --------------
+# issue 15's float8 target: Llama 3.2 1B shapes (seq 8192, one micro-batch per step), bf16 block
+# linears vs torchao float8 rowwise vs tensorwise, each variant compiled; every record is written
+# as soon as its variant finishes, so a timeout keeps the variants measured before it
+step train-llama1b-float8 240 "$PY" -m perfkit.cli bench configs/llama3_1b.toml --synthetic --json "$OUT/train.jsonl" \
+    --run.root="$RUNS" --steps 6 --warmup 2 --compare float8 --training.global_batch_size=1
+# the rest of issue 4's shape grid, and a larger micro-batch for gpt2.toml
 step kernels-wide 90 "$PY" -m perfkit.bench.kernels --rows 65536 --hidden 4096 8192 --json "$OUT/kernels.jsonl"
 step train-mb32 120 "${BENCH[@]}" --steps 8 --warmup 3 --training.micro_batch_size=32
 # issue 15 on the GPU: Llama 3.2 1B shapes (seq 8192, vocab 128,256), fused vs compiled unfused loss,

@@ -4,7 +4,8 @@
 
 Standard library only and no perfkit imports, so the summary is still written when installing
 perfkit failed on the device machine (then it lists the failed steps and nothing else).
-Every number it prints is copied from a JSON line a benchmark wrote; the targets are issue 7's.
+Every number it prints is copied from a JSON line a benchmark wrote (or is a ratio of two); the
+targets are issue 7's (gpt2.toml tokens/s) and issue 15's (float8 speed-up on llama3_1b.toml).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 TARGET_TOKENS_PER_S = 500_000  # issue 7: configs/gpt2.toml on one H100
+TARGET_FLOAT8_SPEEDUP = 1.2    # issue 15: float8 vs bf16 tokens/s on configs/llama3_1b.toml
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -84,7 +86,28 @@ def train_section(records: list[dict]) -> list[str]:
         ratio = t["tokens_per_s_per_gpu"]["median"] / p["tokens_per_s_per_gpu"]["median"]
         out.append(f"- Triton kernels vs torch reference, compile {'on' if t['compile'] else 'off'}: "
                    f"{ratio:.3f}x tokens/s ({'faster' if ratio > 1 else 'not faster'})")
-    return out + [""]
+    return out + float8_lines(records) + [""]
+
+
+def float8_lines(records: list[dict]) -> list[str]:
+    """`--compare float8`: each float8 recipe's tokens/s over the bf16 variant's, per config; the
+    issue's target applies to configs/llama3_1b.toml on a GPU."""
+    out = []
+    for config in dict.fromkeys(r["config"] for r in records if r.get("compare") == "float8"):
+        by = {r.get("variant"): r for r in records if r.get("compare") == "float8" and r["config"] == config}
+        if "bf16" not in by:
+            continue
+        base = by["bf16"]["tokens_per_s_per_gpu"]["median"]
+        for recipe in ("rowwise", "tensorwise"):
+            if recipe not in by:
+                continue
+            ratio = by[recipe]["tokens_per_s_per_gpu"]["median"] / base
+            target = ""
+            if Path(config).name == "llama3_1b.toml" and by[recipe]["device"] == "cuda":
+                target = (f" (target >= {TARGET_FLOAT8_SPEEDUP}x: "
+                          f"{'met' if ratio >= TARGET_FLOAT8_SPEEDUP else 'missed'} on {by[recipe]['device_name']})")
+            out.append(f"- float8 {recipe} vs bf16 block linears, {Path(config).name}: {ratio:.3f}x tokens/s{target}")
+    return out
 
 
 def profile_section(records: list[dict], limit: int = 12) -> list[str]:

@@ -103,3 +103,21 @@ def test_install_falls_back_to_the_shim_and_installs_missing_wheels_by_name(tmp_
     assert log.index("deps: missing") < log.index("=== train: not in DEVICE_CHECK_STEPS")
     assert "| install | 0 |" in (out / "summary.md").read_text()
     assert "deps missing before install: fakedep" in (out / "env.txt").read_text()
+
+
+def test_float8_lines_are_ratios_of_the_records():
+    """`--compare float8`: each recipe's median over bf16's, the issue-15 target only for
+    llama3_1b.toml on a GPU (hand-made records: the ratio is all this part computes)."""
+    def rec(config, variant, tok, device="cuda"):
+        return {"config": config, "compare": "float8", "variant": variant, "device": device,
+                "device_name": "NVIDIA H200", "tokens_per_s_per_gpu": {"median": tok}}
+
+    records = [rec("configs/llama3_1b.toml", "bf16", 10_000.0), rec("configs/llama3_1b.toml", "rowwise", 12_500.0),
+               rec("configs/llama3_1b.toml", "tensorwise", 11_000.0),
+               rec("configs/cpu_debug.toml", "bf16", 400.0, "cpu"), rec("configs/cpu_debug.toml", "rowwise", 100.0, "cpu"),
+               {**rec("configs/gpt2.toml", "triton", 1.0), "compare": "kernels"}]
+    assert device_summary.float8_lines(records) == [
+        "- float8 rowwise vs bf16 block linears, llama3_1b.toml: 1.250x tokens/s (target >= 1.2x: met on NVIDIA H200)",
+        "- float8 tensorwise vs bf16 block linears, llama3_1b.toml: 1.100x tokens/s (target >= 1.2x: missed on "
+        "NVIDIA H200)",
+        "- float8 rowwise vs bf16 block linears, cpu_debug.toml: 0.250x tokens/s"]
