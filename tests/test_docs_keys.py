@@ -13,7 +13,7 @@ from perfkit.config import Config, SchedulerConfig
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = ["getting-started.md", "from-modalities.md", "multi-node.md"]
 SECTIONS = [f.name for f in msgspec.structs.fields(Config)]
-KEY = re.compile(r"(?<![\w./-])(?:--)?(" + "|".join(SECTIONS) + r")\.([a-z_]+)\b")
+KEY = re.compile(r"(?<![\w./-])(?:--)?(" + "|".join(SECTIONS) + r")\.([a-z0-9_]+)\b")  # keys may hold digits (float8)
 # Look like keys but are not: a file name, and a YAML path of the Modalities tutorial.
 NOT_KEYS = {"model.pt", "model.model_initializer"}
 COMMAND = re.compile(r"`perfkit ([a-z]+)")
