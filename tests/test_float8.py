@@ -248,3 +248,45 @@ def test_bench_refuses_float8_on_cpu_with_one_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 2 and err[-1].startswith("perfkit bench train: $.parallel.float8 = true needs a CUDA GPU"), err
     assert not (tmp_path / "runs").exists()
+
+
+def _sharded_model(float8_on: bool):
+    from perfkit.train.parallelize import build_model
+
+    cfg = load_config(CPU_DEBUG, ["--model.vocab_size=64", "--model.n_embd=64", "--model.ffn_hidden=128",
+                                  "--parallel.compile=false", f"--parallel.float8={str(float8_on).lower()}",
+                                  "--parallel.float8_recipe=tensorwise", "--parallel.float8_min_features=64"])
+    model = build_model(cfg.model, cfg.parallel, torch.device("cpu"), seed=0)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+@pytest.mark.parametrize("saved_with,loaded_with", [(True, False), (False, True)])
+def test_a_checkpoint_moves_between_float8_and_bf16(world_of_one, tmp_path, saved_with, loaded_with):
+    """DCP state of the sharded model and AdamW, saved with float8 (tensorwise: torchao's float8
+    weight wrappers) on or off, loads into the other setting with every value equal."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from perfkit.checkpoint import safe_metadata
+
+    model, opt = _sharded_model(saved_with)
+    idx, targets = torch.randint(0, 64, (4, 16)), torch.randint(0, 64, (4, 16))
+    for _ in range(2):
+        model(idx, targets).backward()
+        opt.step()
+        opt.zero_grad()
+    model_sd, optim_sd = get_state_dict(model, opt)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp_path / "ckpt"))
+    saved = {k: v.full_tensor().clone() for k, v in model_sd.items()}
+
+    other, other_opt = _sharded_model(loaded_with)
+    model_sd, optim_sd = get_state_dict(other, other_opt)
+    want = {"model": model_sd, "optim": optim_sd}
+    safe_metadata.load(want, tmp_path / "ckpt")
+    set_state_dict(other, other_opt, model_state_dict=want["model"], optim_state_dict=want["optim"])
+    loaded = {k: v.full_tensor() for k, v in get_state_dict(other, other_opt)[0].items()}
+    assert loaded.keys() == saved.keys()
+    for k, v in saved.items():
+        assert torch.equal(torch.as_tensor(loaded[k]).float(), torch.as_tensor(v).float()), k
+    other(idx, targets).backward()  # and it trains on
+    other_opt.step()
