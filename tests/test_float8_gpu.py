@@ -41,13 +41,14 @@ def test_float8_trains_a_llama_shaped_model(tmp_path, monkeypatch, recipe):
     assert sorted(converted) == sorted(f"blocks.{b}.{n}" for b in range(2)
                                        for n in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"))
     losses = [r["loss"] for r in records(run_dir)]
-    assert all(math.isfinite(v) for v in losses) and losses[0] > losses[-1] + 1.0, losses
+    assert all(math.isfinite(v) for v in losses) and losses[0] > losses[-1] + 0.5, losses
     assert syncs == [], "host syncs inside float8 training steps:\n" + "\n".join(syncs[:3])
 
 
 def test_bench_compares_bf16_and_both_float8_recipes(tmp_path):
+    # compile off: this checks the axis and its records, not speed (no compile time in the gpu-tests step)
     rc, rows = bench(tmp_path, "--synthetic", *[f"--{k}={v}" for k, v in {**GPU, **LLAMA_SHAPED}.items()],
-                     "--compare", "float8")
+                     "--parallel.compile=false", "--compare", "float8")
     assert rc == 0
     assert [(r["variant"], r["float8"]) for r in rows] == [("bf16", None), ("rowwise", "rowwise"),
                                                            ("tensorwise", "tensorwise")]
