@@ -24,8 +24,10 @@ Supported devices: CUDA with compute capability >= 8.9 (Ada, Hopper and newer: f
 cores). `check_device` refuses anything else, and a missing torchao, in one line naming
 $.parallel.float8 before the model is built. torchao is an optional package (`pip install
 'perfkit[float8]'`): it is imported inside the functions that need it, so perfkit runs without it.
-Importing torchao.float8 adds torchao's float8 tensor and config classes to torch.load's
-weights_only allow-list (torchao does that itself); that happens only in a run with float8 on.
+Two process-wide effects of torchao, both only in a run with float8 on: importing torchao.float8
+adds its float8 tensor and config classes to torch.load's weights_only allow-list, and
+convert_to_float8_training switches Inductor's Triton min/max codegen to an equivalent tl.where
+form (torchao's workaround for a Triton miscompile of float8 stores, triton-lang/triton#11111).
 """
 
 from __future__ import annotations
