@@ -272,10 +272,39 @@ def test_float8_saves_what_the_unconverted_model_saves(recipe):
     assert saved_bytes(f8, idx, targets) == saved_bytes(ref, idx, targets) > 0
 
 
-def test_op_checkpointing_keeps_float8_matmul_outputs():
-    from perfkit.train.activation_checkpoint import saved_ops
+@pytest.mark.parametrize("mode,recomputed", [("none", 0), ("op", 0), ("full", 8)])
+def test_op_checkpointing_does_not_redo_float8_matmuls(mode, recomputed):
+    """Checkpointing sees a float8 linear's matmul as aten.mm (on torchao's float8 tensor), so
+    "op" keeps its output like any other matmul's and "full" redoes all 8 in backward; the loss
+    is the same in every mode (the recompute replays the same casts)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    assert torch.ops.aten._scaled_mm.default in saved_ops()
+    from perfkit.train.activation_checkpoint import apply_activation_checkpointing
+
+    class CountMatmuls(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += func in (torch.ops.aten.mm.default, torch.ops.aten._scaled_mm.default)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = GPT(tiny(ffn_hidden=64))
+    float8.convert_block_linears(model, on(float8_recipe="tensorwise", float8_min_features=16))
+    apply_activation_checkpointing(model.blocks, mode, 1)
+    gen = torch.Generator().manual_seed(1)
+    loss = model(torch.randint(0, 256, (4, 32), generator=gen), torch.randint(0, 256, (4, 32), generator=gen))
+    counter = CountMatmuls()
+    with counter:
+        loss.backward()
+    # backward without recompute: 2 matmuls per linear (d input, d weight) for 8 float8 linears + the head
+    assert counter.calls == 2 * 8 + 2 + recomputed
+    torch.manual_seed(0)
+    plain = GPT(tiny(ffn_hidden=64))
+    float8.convert_block_linears(plain, on(float8_recipe="tensorwise", float8_min_features=16))
+    gen = torch.Generator().manual_seed(1)
+    assert loss.item() == plain(torch.randint(0, 256, (4, 32), generator=gen),
+                                torch.randint(0, 256, (4, 32), generator=gen)).item()
 
 
 def test_bench_refuses_float8_on_cpu_with_one_line(tmp_path, capsys):

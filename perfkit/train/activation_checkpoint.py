@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts, noop_context_fn
 
 # matmul and attention ops whose outputs "op" keeps (the names that exist in this torch build);
-# _scaled_mm is the float8 matmul of $.parallel.float8's linears (torchao), a matmul like the others
+# _scaled_mm is the float8 matmul of $.parallel.float8's linears: eager, checkpointing sees those as
+# aten.mm on torchao's float8 tensor; compiled, torchao's tensor is traced through to _scaled_mm
 _SAVED_OP_NAMES = ("mm", "addmm", "bmm", "_scaled_mm", "_scaled_dot_product_flash_attention",
                    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
                    "_scaled_dot_product_flash_attention_for_cpu")
