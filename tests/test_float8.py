@@ -1,6 +1,7 @@
 """$.parallel.float8 on CPU (torch's CPU _scaled_mm runs torchao's float8 linears, slowly): which
 linears are converted, float8 numerics against the fp32 model, FSDP2 composition (tensorwise
-all-gathers float8 weights, the scales are precomputed after each step), the refusals before the
+all-gathers float8 weights, the scales are precomputed after each step), checkpoints that move
+between float8 and bf16, activation checkpointing over float8 linears, the refusals before the
 model is built, and the memory estimate's float8 term. tests/test_float8_gpu.py trains on a GPU."""
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def converted_names(model) -> set[str]:
 @pytest.mark.parametrize("min_features,per_block", [
     (16, {"attn.qkv", "attn.proj", "mlp.fc"}),   # mlp.proj's 40 inputs: not a multiple of 16
     (96, {"attn.qkv", "attn.proj"}),             # mlp.fc's 80 outputs < 96
-    (128, {"attn.qkv", "attn.proj"}),
+    (128, {"attn.qkv", "attn.proj"}),             # the boundary: min(in, out) = 128 >= 128 converts
 ])
 def test_only_the_large_block_linears_are_converted(min_features, per_block):
     model = GPT(tiny(tie_embeddings=True))
