@@ -13,6 +13,7 @@ ALLOWED = {
     "perfkit/cli.py": "never pays for importing torch",
     "perfkit/demo_cmd.py": "stays torch-free",
     "perfkit/plot_cmd.py": "optional dependency",
+    "perfkit/prep/tokenizer_sentencepiece.py": "optional dependency",  # sentencepiece: perfkit[sentencepiece]
     "perfkit/train/train_cmd.py": "kept out of `--help` and config errors",
     "perfkit/prep/pack_config.py": "Python 3.10",
     "perfkit/prep/pack_cmd.py": "read_raw_index",      # pack <-> rawindex import each other (issue 13 item 4)
