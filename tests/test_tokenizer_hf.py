@@ -1,0 +1,193 @@
+"""Hugging Face tokenizer.json in `perfkit pack` / `perfkit inspect`: per document the tokenizers
+library's own ids (its default special-token handling) + EOD, for every kind; the byte-level BPE
+conversion to tiktoken and its fallback. Reference: tests/hf_tokenizers.py (the library itself)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hf_tokenizers import (byte_level_bpe, llama3_style_bpe, metaspace_bpe, random_texts, reference_ids,
+                           reference_pbin, unigram, wordpiece)
+from perfkit import inspect_cmd
+from perfkit.prep import pack_cmd as pack
+from perfkit.prep.tokenizer import TokenizerError, TokenizerSpec, resolve_tokenizer
+from perfkit.prep.tokenizer_convert import convert_byte_level
+
+BUILDERS = {"byte_level": byte_level_bpe, "llama3_style": llama3_style_bpe, "metaspace": metaspace_bpe,
+            "wordpiece": wordpiece, "unigram": unigram}
+EOD = {"byte_level": "<|endoftext|>", "llama3_style": "<|end_of_text|>", "metaspace": "</s>",
+       "wordpiece": "[SEP]", "unigram": "</s>"}
+SPECIALS = {"byte_level": ("<|endoftext|>",), "llama3_style": ("<|begin_of_text|>", "<|eot_id|>", "<tool>"),
+            "metaspace": ("<s>", "</s>"), "wordpiece": ("[CLS]", "[MASK]"), "unigram": ("</s>",)}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {kind: build(root / kind) for kind, build in BUILDERS.items()}
+
+
+def split(ids: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    return [part.tolist() for part in np.split(ids, np.cumsum(lengths)[:-1])] if len(lengths) else []
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_encode_batch_equals_the_library_on_random_texts(folders, kind):
+    tok = resolve_tokenizer(TokenizerSpec(str(folders[kind])))
+    byte_level = kind in ("byte_level", "llama3_style")
+    assert (tok.fast is not None) == byte_level and tok.note is None
+    assert tok.spec.backend == ("tiktoken" if byte_level else "library")
+    texts = random_texts(150, seed=7, specials=SPECIALS[kind]) + ["", " ", "\n\n", "x" * 3000]
+    assert split(*tok.encode_batch(texts)) == reference_ids(folders[kind], texts)
+
+
+def test_post_processor_ids_and_the_record(folders):
+    tok = resolve_tokenizer(TokenizerSpec(str(folders["llama3_style"])))
+    bos, eod = tok.library.token_to_id("<|begin_of_text|>"), tok.token_id("<|end_of_text|>")
+    assert tok.fast.prefix.tolist() == [bos] and tok.fast.suffix.tolist() == []
+    rec = tok.record(eod)
+    data = (folders["llama3_style"] / "tokenizer.json").read_bytes()
+    assert (rec.kind, rec.bos_id, rec.eod_token, rec.file) == ("hf", bos, "<|end_of_text|>",
+                                                               str(folders["llama3_style"] / "tokenizer.json"))
+    import hashlib
+    assert rec.sha256 == hashlib.sha256(data).hexdigest()
+    assert rec.vocab_size == max(json.loads(data)["model"]["vocab"].values()) + 1 + 4  # 4 added tokens
+    unigram_tok = resolve_tokenizer(TokenizerSpec(str(folders["unigram"] / "tokenizer.json")))
+    assert unigram_tok.record(unigram_tok.token_id("</s>")).bos_id is None  # "$A </s>": no BOS
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_pack_is_byte_identical_to_the_library_plus_eod(folders, kind, write_jsonl, tmp_path):
+    eod = EOD[kind]
+    texts = (random_texts(40, seed=3, specials=SPECIALS[kind]) +
+             ["", "   \n ", f"ends with the EOD token {eod}", f"{eod}", "Grüße 東京 🤖", "x" * 5000])
+    src = write_jsonl([{"text": t} for t in texts * 3])
+    dst = tmp_path / "o.pbin"
+    assert pack.main([str(src), "-o", str(dst), "--tokenizer", str(folders[kind]), "--eod-token", eod,
+                      "--workers", "2", "--chunk-mb", "0.002", "--no-progress"]) == 0
+    tok = resolve_tokenizer(TokenizerSpec(str(folders[kind])))
+    eod_id = tok.library.token_to_id(eod)
+    assert dst.read_bytes() == reference_pbin(reference_ids(folders[kind], texts * 3), eod_id, tok.token_width)
+
+
+def test_inspect_decodes_a_hf_pack(folders, write_jsonl, tmp_path, capsys):
+    src = write_jsonl([{"text": "To be, or not to be"}, {"text": "that is the question"}])
+    dst = tmp_path / "o.pbin"
+    folder = str(folders["byte_level"])
+    assert pack.main([str(src), "-o", str(dst), "--tokenizer", folder, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert inspect_cmd.main([str(dst), "--tokenizer", folder, "--doc", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["document"]["text"] == "that is the question<|endoftext|>" and report["verdict"] == "ok"
+
+
+def _edit(folder, tmp_path, name, change) -> str:
+    data = json.loads((folder / "tokenizer.json").read_text())
+    change(data)
+    out = tmp_path / name
+    out.write_text(json.dumps(data))
+    return str(out)
+
+
+def test_merge_order_not_matching_ids_falls_back_with_a_note(folders, write_jsonl, tmp_path, capsys):
+    def swap_two_merges(data):
+        merges = data["model"]["merges"]
+        merges[10], merges[11] = merges[11], merges[10]
+    path = _edit(folders["byte_level"], tmp_path, "swapped.json", swap_two_merges)
+    assert "merge priority disagrees with id order" in convert_byte_level(json.loads(open(path).read())).reason
+    texts = random_texts(30, seed=5)
+    src = write_jsonl([{"text": t} for t in texts])
+    dst = tmp_path / "o.pbin"
+    assert pack.main([str(src), "-o", str(dst), "--tokenizer", path, "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"perfkit pack: note: {path}: the tiktoken conversion")
+    assert "encoding with the library instead" in err[0]
+    tok = resolve_tokenizer(TokenizerSpec(path))
+    assert tok.fast is None
+    ref = [tok.library.encode(t).ids for t in texts]
+    assert dst.read_bytes() == reference_pbin(ref, tok.token_id("<|endoftext|>"), 2)
+
+
+def test_a_difference_only_the_corpus_shows_falls_back(tmp_path, write_jsonl, capsys):
+    # A split regex that does not cover '@': the library keeps the gap as a piece, tiktoken drops
+    # it. No edge string has an '@', so the load-time checks pass and the corpus sample catches it.
+    folder = llama3_style_bpe(tmp_path / "gappy", split_regex=r"[^@\s]+|\s+")
+    assert resolve_tokenizer(TokenizerSpec(str(folder))).fast is not None
+    texts = ["mail me at someone@example.org", "no at-sign here"]
+    src = write_jsonl([{"text": t} for t in texts])
+    dst = tmp_path / "o.pbin"
+    assert pack.main([str(src), "-o", str(dst), "--tokenizer", str(folder), "--eod-token", "<|end_of_text|>",
+                      "--no-progress"]) == 0
+    assert "corpus document 0" in capsys.readouterr().err
+    tok = resolve_tokenizer(TokenizerSpec(str(folder)))
+    assert dst.read_bytes() == reference_pbin(reference_ids(folder, texts), tok.token_id("<|end_of_text|>"), 2)
+
+
+@pytest.mark.parametrize("change,reason", [
+    (lambda d: d["pre_tokenizer"].update(add_prefix_space=True), "add_prefix_space"),
+    (lambda d: d.update(normalizer={"type": "Lowercase"}), "normalizer Lowercase"),
+    (lambda d: d["added_tokens"][0].update(lstrip=True), "lstrip=true"),
+    (lambda d: d["added_tokens"].append({**d["added_tokens"][0], "id": 599, "content": "<|endoftext|>x"}),
+     "is a prefix of"),
+    (lambda d: d["model"]["vocab"].pop("a"), "single bytes have no token"),
+])
+def test_unconvertible_byte_level_files_say_why(folders, change, reason):
+    data = json.loads((folders["byte_level"] / "tokenizer.json").read_text())
+    change(data)
+    assert reason in convert_byte_level(data).reason
+
+
+@pytest.mark.slow
+def test_spawned_workers_use_the_decided_route(folders, write_jsonl, tmp_path, monkeypatch):
+    import multiprocessing as mp
+    from perfkit.prep import pack_pipeline
+    monkeypatch.setattr(pack_pipeline, "_mp_context", lambda: mp.get_context("spawn"))
+    texts = random_texts(20, seed=9, specials=SPECIALS["llama3_style"])
+    src = write_jsonl([{"text": t} for t in texts])
+    dst = tmp_path / "spawn.pbin"
+    folder = folders["llama3_style"]
+    assert pack.main([str(src), "-o", str(dst), "--tokenizer", str(folder), "--eod-token", "<|end_of_text|>",
+                      "--workers", "2", "--chunk-mb", "0.001", "--no-progress"]) == 0
+    tok = resolve_tokenizer(TokenizerSpec(str(folder)))
+    assert dst.read_bytes() == reference_pbin(reference_ids(folder, texts), tok.token_id("<|end_of_text|>"), 2)
+
+
+def _bad_inputs(folders, tmp_path):
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    broken = tmp_path / "broken.json"
+    broken.write_text('{\n  "model": {\n    "type": "BPE",,\n')
+    no_model = tmp_path / "no_model.json"
+    no_model.write_text('{"version": "1.0"}')
+    bad_model = tmp_path / "bad_model.json"
+    bad_model.write_text('{"model": {"type": "NoSuchModel"}}')
+    return [
+        ([str(empty)], f"{empty}: no tokenizer.json in this folder"),
+        ([str(broken)], f"{broken}:3: not valid JSON"),
+        ([str(no_model)], 'no "model" object'),
+        ([str(bad_model)], "the tokenizers library cannot load it"),
+        ([str(folders["byte_level"]), "--eod-token", "</s>"], "EOD token '</s>' (--eod-token / settings.eod_token) "
+                                                              "is not in the vocabulary of"),
+        (["meta-llama/Llama-3.2-1B"], "perfkit reads local files only"),
+    ]
+
+
+def test_bad_tokenizer_input_is_one_line_and_writes_nothing(folders, write_jsonl, tmp_path, capsys):
+    src = write_jsonl([{"text": "hello"}])
+    for args, expected in _bad_inputs(folders, tmp_path):
+        dst = tmp_path / "never.pbin"
+        assert pack.main([str(src), "-o", str(dst), "--tokenizer", *args, "--no-progress"]) == 1, args
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1 and err.startswith("perfkit pack: "), (args, err)
+        assert not dst.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".never")] == []
+
+
+def test_hub_id_message_lists_the_accepted_kinds():
+    with pytest.raises(TokenizerError) as e:
+        resolve_tokenizer(TokenizerSpec("Qwen/Qwen2-0.5B"))
+    for kind in ("tiktoken encoding name", "Hugging Face tokenizer folder", "SentencePiece .model",
+                 ".tiktoken ranks file", "local files only"):
+        assert kind in str(e.value)
