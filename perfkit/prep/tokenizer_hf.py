@@ -30,7 +30,7 @@ from tokenizers import Tokenizer as LibraryTokenizer
 from perfkit.formats.pbin import token_width_for_vocab
 from perfkit.formats.pbin_manifest import TokenizerRecord
 from perfkit.prep.tokenizer_base import TokenizerError, TokenizerSpec, concat_ids
-from perfkit.prep.tokenizer_convert import Conversion, NotConvertible, byte_to_unicode, convert_byte_level
+from perfkit.prep.tokenizer_convert import Conversion, NotConvertible, convert_byte_level
 
 EDGE_TEXTS = ["", " ", "a", "  leading and trailing  ", "a  \n\n   b\t\t c   \n", "line\r\nbreak\r\n",
               "I'll say it's 'S'hakespeare's, we'VE", "12345 3.14159 x2 1,000,000", "naïve café — «ok» ½",
@@ -172,11 +172,12 @@ def _first_difference(fast: FastRoute, library: LibraryTokenizer, texts: list[st
     return None
 
 
-def _vocabulary_difference(conv: Conversion, library: LibraryTokenizer) -> str | None:
-    """Every mergeable token, BPE'd alone by the library's model, must be that one token."""
-    b2u = byte_to_unicode()
-    items = sorted(conv.ranks.items(), key=lambda kv: kv[1])
-    pieces = ["".join(b2u[b] for b in token) for token, _ in items]
+def _vocabulary_difference(conv: Conversion, vocab: dict[str, int], library: LibraryTokenizer) -> str | None:
+    """Every mergeable token, BPE'd alone by the library's model, must be that one token.
+    vocab: model.vocab of the file (token in the byte-level alphabet -> id)."""
+    mergeable = set(conv.ranks.values())
+    items = sorted(((piece, idx) for piece, idx in vocab.items() if idx in mergeable), key=lambda kv: kv[1])
+    pieces = [piece for piece, _ in items]
     bare = LibraryTokenizer(library.model)  # the model alone: no normalizer, pre-tokenizer, added tokens
     enc = bare.encode(pieces, is_pretokenized=True, add_special_tokens=False)
     want = [idx for _, idx in items]
@@ -238,7 +239,7 @@ def load_hf_tokenizer(spec: TokenizerSpec) -> HFTokenizer:
     if problem is None:
         fast = FastRoute(encoding, frozenset(conv.specials), conv.forms, *wrapping)
         if spec.backend != "tiktoken":  # verified once, by the process that resolves it first
-            problem = _vocabulary_difference(conv, library) or _first_difference(
+            problem = _vocabulary_difference(conv, data["model"]["vocab"], library) or _first_difference(
                 fast, library, EDGE_TEXTS + [f"x{s} y {s}{s}\n{s}" for s in conv.specials], "edge string")
         if problem is None:
             return replace(tok, fast=fast, spec=replace(spec, backend="tiktoken"))
