@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from perfkit.bench.modalities_compare import (EOT, EOT_ID, bpe_parts, bytes_to_unicode, derive_merges,
-                                              load_ranks, r50k_ranks_path, verify_tokenizer,
-                                              write_hf_gpt2_folder)
+from perfkit.bench.modalities_compare import verify_tokenizer
+from perfkit.bench.tokenizer_files import (EOT, EOT_ID, bpe_parts, bytes_to_unicode, derive_merges, load_ranks,
+                                           r50k_ranks_path, write_hf_gpt2_folder)
 
 
 def merges_bpe(word: bytes, merges: list[tuple[bytes, bytes]]) -> list[bytes]:

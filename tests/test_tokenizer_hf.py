@@ -191,3 +191,31 @@ def test_hub_id_message_lists_the_accepted_kinds():
     for kind in ("tiktoken encoding name", "Hugging Face tokenizer folder", "SentencePiece .model",
                  ".tiktoken ranks file", "local files only"):
         assert kind in str(e.value)
+
+
+def test_pack_config_takes_modalities_tokenizer_components(folders, write_jsonl, tmp_path, capsys):
+    texts = ["To be, or not to be", "", "that is the question"]
+    src = write_jsonl([{"text": t} for t in texts])
+    folder = folders["metaspace"]
+    cfg = tmp_path / "tokenization.toml"
+    cfg.write_text(f'[settings]\nsrc_path = "{src}"\ndst_path = "{tmp_path / "o.pbin"}"\neod_token = "</s>"\n'
+                   '[tokenizer]\ncomponent_key = "tokenizer"\nvariant_key = "pretrained_hf_tokenizer"\n'
+                   f'config = {{ pretrained_model_name_or_path = "{folder}", padding = false, truncation = false }}\n')
+    assert pack.main(["--config", str(cfg), "--no-progress"]) == 0
+    tok = resolve_tokenizer(TokenizerSpec(str(folder)))
+    assert (tmp_path / "o.pbin").read_bytes() == reference_pbin(reference_ids(folder, texts),
+                                                                tok.token_id("</s>"), tok.token_width)
+    bad = {'variant_key = "pretrained_hf_tokenizer"\nconfig = { pretrained_model_name_or_path = "x", '
+           'truncation = true }': "never pads or truncates",
+           'variant_key = "pretrained_hf_tokenizer"\nconfig = { pretrained_model_name_or_path = "x", '
+           'special_tokens = { pad_token = "[PAD]" } }': "config.special_tokens is not supported",
+           'variant_key = "pretrained_sp_tokenizer"\nconfig = { }': "config.tokenizer_model_file is required",
+           'variant_key = "gpt2_tokenizer"': "variant_key 'gpt2_tokenizer': perfkit reads",
+           f'name = "gpt2"\nvariant_key = "pretrained_hf_tokenizer"\nconfig = {{ pretrained_model_name_or_path = '
+           f'"{folder}" }}': "not both"}
+    for body, expected in bad.items():
+        cfg.write_text(f'[settings]\nsrc_path = "{src}"\ndst_path = "{tmp_path / "n.pbin"}"\n[tokenizer]\n{body}\n')
+        assert pack.main(["--config", str(cfg), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert expected in err and str(cfg) in err and err.count("\n") == 1, err
+        assert not (tmp_path / "n.pbin").exists()
