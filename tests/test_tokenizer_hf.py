@@ -219,3 +219,30 @@ def test_pack_config_takes_modalities_tokenizer_components(folders, write_jsonl,
         err = capsys.readouterr().err
         assert expected in err and str(cfg) in err and err.count("\n") == 1, err
         assert not (tmp_path / "n.pbin").exists()
+
+
+def test_llama_class_flags_in_tokenizer_config_rebuild_the_post_processor(tmp_path, write_jsonl):
+    # transformers' LlamaTokenizerFast rebuilds the template from add_bos_token / add_eos_token;
+    # Modalities' output then has "<s> ... </s>", whatever tokenizer.json's own template says.
+    folder = metaspace_bpe(tmp_path / "llama2")
+    config = {"tokenizer_class": "LlamaTokenizerFast", "add_bos_token": False, "add_eos_token": True,
+              "bos_token": {"content": "<s>", "lstrip": False}, "eos_token": "</s>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = resolve_tokenizer(TokenizerSpec(str(folder)))
+    eos = tok.library.token_to_id("</s>")
+    ids = split(*tok.encode_batch(["To be, or not to be", ""]))
+    bare = tok.library.encode("To be, or not to be", add_special_tokens=False).ids
+    assert ids == [bare + [eos], [eos]] and tok.record(eos).bos_id is None
+    # given the tokenizer.json file itself, nothing beside it is read: its own "<s> $A" applies
+    alone = resolve_tokenizer(TokenizerSpec(str(folder / "tokenizer.json")))
+    assert split(*alone.encode_batch([""])) == [[alone.library.token_to_id("<s>")]]
+    src = write_jsonl([{"text": "To be"}, {"text": ""}])
+    dst = tmp_path / "o.pbin"
+    assert pack.main([str(src), "-o", str(dst), "--tokenizer", str(folder), "--eod-token", "</s>",
+                      "--no-progress"]) == 0
+    to_be = tok.library.encode("To be", add_special_tokens=False).ids
+    assert dst.read_bytes() == reference_pbin([to_be + [eos], [eos]], eos, tok.token_width)  # one </s> each
+    config["add_bos_token"], config["bos_token"] = True, "<nope>"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json: add_bos_token is true but bos_token '<nope>'"):
+        resolve_tokenizer(TokenizerSpec(str(folder)))

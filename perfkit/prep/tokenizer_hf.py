@@ -2,7 +2,9 @@
 
 Per document the ids are what Modalities' `pretrained_hf_tokenizer` writes: the tokenizer's own
 encoding with its default special-token handling (added tokens found in the text, the
-post-processor's BOS/EOS around every document), never truncated or padded.
+post-processor's BOS/EOS around every document), never truncated or padded. Given a folder, the
+post-processor is the one transformers builds from tokenizer_config.json for the classes that
+rebuild it (prep/tokenizer_hf_config.py: add_bos_token / add_eos_token of Llama, Gemma, ...).
 
 Two routes to those ids:
 - "tiktoken": byte-level BPE (GPT-2, Llama 3, Qwen 2) converted to tiktoken ranks
@@ -31,6 +33,7 @@ from perfkit.formats.pbin import token_width_for_vocab
 from perfkit.formats.pbin_manifest import TokenizerRecord
 from perfkit.prep.tokenizer_base import TokenizerError, TokenizerSpec, concat_ids
 from perfkit.prep.tokenizer_convert import Conversion, NotConvertible, convert_byte_level
+from perfkit.prep.tokenizer_hf_config import apply_template_flags
 
 EDGE_TEXTS = ["", " ", "a", "  leading and trailing  ", "a  \n\n   b\t\t c   \n", "line\r\nbreak\r\n",
               "I'll say it's 'S'hakespeare's, we'VE", "12345 3.14159 x2 1,000,000", "naïve café — «ok» ½",
@@ -219,6 +222,8 @@ def load_hf_tokenizer(spec: TokenizerSpec) -> HFTokenizer:
         raise TokenizerError(f"{path}: the tokenizers library cannot load it: {e}") from None
     library.no_truncation()  # Modalities (transformers) turns both off for truncation=false, padding=false
     library.no_padding()
+    if Path(spec.name).is_dir():  # a folder, as Modalities reads it: tokenizer_config.json may matter
+        apply_template_flags(path.parent, library)
     n_vocab = max(library.get_vocab(with_added_tokens=True).values(), default=-1) + 1
     wrapping = _wrapping(library)
     prefix = wrapping[0] if not isinstance(wrapping, NotConvertible) else np.zeros(0, np.uint32)
