@@ -6,7 +6,9 @@
 
 Every document is `encode_ordinary(text)` followed by one EOD token (a literal "<|endoftext|>"
 inside a text stays text), in input order; the file is byte-identical to what Modalities'
-`pack_encoded_data` writes for the same JSONL and tokenizer.
+`pack_encoded_data` writes for the same JSONL and tokenizer. With a Hugging Face tokenizer folder /
+tokenizer.json or a SentencePiece .model, a document is that tokenizer's own encoding + EOD
+(prep/tokenizer_hf.py, prep/tokenizer_sentencepiece.py).
 """
 
 from __future__ import annotations
