@@ -246,3 +246,19 @@ def test_llama_class_flags_in_tokenizer_config_rebuild_the_post_processor(tmp_pa
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(TokenizerError, match=r"tokenizer_config.json: add_bos_token is true but bos_token '<nope>'"):
         resolve_tokenizer(TokenizerSpec(str(folder)))
+
+
+def test_a_merges_list_with_every_pair_per_token_still_converts(folders, tmp_path):
+    # Llama 3's tokenizer.json lists every pair of lower tokens that makes a token (ignore_merges on),
+    # so several merges share one result: priority still follows the ids, the conversion holds.
+    data = json.loads((folders["byte_level"] / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    pairs = sorted((i, vocab[t[:k]], vocab[t[k:]], [t[:k], t[k:]]) for t, i in vocab.items() for k in range(1, len(t))
+                   if vocab.get(t[:k], i) < i and vocab.get(t[k:], i) < i)
+    assert len(pairs) > len(data["model"]["merges"])
+    data["model"].update(merges=[p[3] for p in pairs], ignore_merges=True)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    tok = resolve_tokenizer(TokenizerSpec(str(tmp_path)))
+    assert tok.fast is not None and tok.note is None
+    texts = random_texts(200, seed=13, specials=SPECIALS["byte_level"])
+    assert split(*tok.encode_batch(texts)) == reference_ids(tmp_path, texts)

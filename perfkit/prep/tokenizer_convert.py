@@ -10,8 +10,8 @@ Facts of the format this relies on:
 - model.vocab keys are the token's bytes written in GPT-2's byte-to-unicode alphabet (printable
   latin-1 bytes stand for themselves, the other 68 bytes are chr(256 + k) in byte order);
 - model.merges ("a b" strings or [a, b] pairs) in priority order; tiktoken merges by the rank of
-  the merged token instead, so the two agree when rank = id and the merge results' ids increase
-  with merge priority; tiktoken also looks a whole piece up first, as `ignore_merges` does, which
+  the merged token instead, so the two agree when rank = id and the merge results' ids do not
+  decrease with merge priority; tiktoken also looks a whole piece up first, as `ignore_merges` does, which
   the vocabulary check makes harmless when `ignore_merges` is false;
 - pre_tokenizer ByteLevel(use_regex=true) splits with GPT-2's regex (BYTE_LEVEL_REGEX below);
   Sequence[Split(Regex R, Isolated), ByteLevel(use_regex=false)] (Llama 3, Qwen 2) splits with R;
@@ -20,6 +20,7 @@ Facts of the format this relies on:
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 # The split regex of the tokenizers library's ByteLevel pre-tokenizer (GPT-2's pattern).
@@ -134,6 +135,8 @@ def convert_byte_level(data: dict) -> Conversion | NotConvertible:
                 return NotConvertible(f"added token {content!r} has {flag}=true")
         if not content or content in specials:
             return NotConvertible(f"added token {content!r} is empty or listed twice")
+        if tok.get("normalized") and any(not unicodedata.is_normalized(f, content) for f in forms):
+            return NotConvertible(f"added token {content!r} changes under the normalizer")
         specials[content] = int(tok["id"])
     texts = sorted(specials)
     for shorter, longer in zip(texts, texts[1:]):  # sorted: a prefix sorts right before its extensions
@@ -160,11 +163,11 @@ def convert_byte_level(data: dict) -> Conversion | NotConvertible:
         return pairs
     vocab = model["vocab"]
     previous, merged = -1, set()
-    for a, b in pairs:
+    for a, b in pairs:  # several merges may make one token (Llama 3 lists every pair): non-decreasing
         idx = vocab.get(a + b)
         if idx is None:
             return NotConvertible(f"merge {a!r} + {b!r} makes no vocabulary entry")
-        if idx <= previous:
+        if idx < previous:
             return NotConvertible(f"merge priority disagrees with id order at {a!r} + {b!r} (id {idx})")
         previous = idx
         merged.add(idx)
