@@ -10,6 +10,9 @@ It subclasses ValueError so that callers catching ValueError keep working; the c
 for bad input.
 """
 
+import os
+import sys
+
 
 class UserError(ValueError):
     """Bad input, reported in one line that names the file, line or config key."""
@@ -20,11 +23,16 @@ def print_line(text: str) -> None:
 
     Ranks launched by torchrun share one stderr pipe; `print` may issue the text and its newline
     as two writes (unbuffered stderr), so two ranks' lines can run into one. One write of at most
-    PIPE_BUF bytes is atomic on a pipe; a longer line is still written whole, in order."""
-    import os
-    import sys
-
+    PIPE_BUF bytes is atomic on a pipe; a longer line is still written whole, in order. A stderr
+    that is not a file descriptor (a test's capture, a wrapper) gets the line in one write() call."""
+    line = text.rstrip("\n") + "\n"
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        return
     sys.stderr.flush()  # whatever this process printed before comes first
-    data = (text.rstrip("\n") + "\n").encode("utf-8", "replace")
+    data = line.encode("utf-8", "replace")
     while data:
-        data = data[os.write(2, data):]
+        data = data[os.write(fd, data):]

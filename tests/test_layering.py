@@ -1,7 +1,8 @@
 """The dependency direction of docs/architecture.md, read from the source (imports inside functions count):
 
 cli -> every command module; prep (JSONL -> .pbin, torch-free) -> formats; data (.pbin -> batches)
--> formats, config; train -> model, data, formats, checkpoint, metrics, config; model -> kernels;
+-> formats, config; train -> model, data, formats, checkpoint, metrics, config; checkpoint -> model,
+formats, config; model -> kernels;
 kernels -> torch and triton only; config -> errors only; formats, errors and ranks -> nothing of ours
 but errors (and atomic); prep and data never import each other; nothing imports cli or bench.
 """
@@ -32,7 +33,7 @@ ALLOWED = [
     ("perfkit.data", ("perfkit.data", "perfkit.formats", "perfkit.config", "perfkit.atomic", "perfkit.errors")),
     ("perfkit.metrics", ("perfkit.config", "perfkit.atomic", "perfkit.errors")),
     ("perfkit.plot_cmd", ("perfkit.errors",)),
-    ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.config", "perfkit.atomic",
+    ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.formats", "perfkit.config", "perfkit.atomic",
                             "perfkit.errors", "perfkit.ranks")),
     ("perfkit.train", ("perfkit.train", "perfkit.model", "perfkit.data", "perfkit.formats", "perfkit.checkpoint",
                        "perfkit.metrics", "perfkit.config", "perfkit.atomic", "perfkit.errors",

@@ -11,6 +11,7 @@ already exited.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from perfkit.checkpoint import Checkpointer
 from perfkit.checkpoint.layout import CheckpointError, latest_checkpoint, resolve_checkpoint
 from perfkit.config import Config
 from perfkit.data.loader import build_train_loader, build_val_loader, check_val_windows
+from perfkit.data.manifests import check_data_manifests
 from perfkit.data.windows import WindowDataset, pbin_paths
 from perfkit.errors import UserError
 from perfkit.metrics import MetricsLogger, peak_flops
@@ -87,8 +89,13 @@ def check_data(cfg: Config, datasets: Datasets, chunk_tokens: int = 1 << 26) -> 
     would crash the embedding lookup mid-run, on the GPU with a device-side assert).
 
     Skipped for a file whose token width cannot hold an id >= vocab_size; otherwise a chunked max
-    over the memory map the datasets already hold (about a second per GB from the page cache)."""
+    over the memory map the datasets already hold (about a second per GB from the page cache).
+    First the files' manifests, where they have one (data/manifests.py): a tokenizer larger than the
+    model, or train and val packed with different tokenizers, is refused naming the files."""
     vocab = cfg.model.vocab_size
+    files = {key: [f.path for f in ds.files] for key, ds in (("$.data.train", datasets.train),
+                                                            ("$.data.val", datasets.val)) if ds is not None}
+    check_data_manifests(vocab, files, warn=_warn_once)
     for key, ds in (("$.data.train", datasets.train), ("$.data.val", datasets.val)):
         for f in ds.files if ds is not None else ():
             if (1 << (8 * f.token_width)) <= vocab or f.num_tokens == 0:
@@ -98,6 +105,12 @@ def check_data(cfg: Config, datasets: Datasets, chunk_tokens: int = 1 << 26) -> 
             if top >= vocab:
                 raise UserError(f"{key}: {f.path} holds token id {top}, beyond $.model.vocab_size ({vocab}); "
                                 f"was it packed with another tokenizer?")
+
+
+def _warn_once(message: str) -> None:
+    """A setup warning, printed by the first rank only (every rank runs the same checks)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"perfkit train: warning: {message}", file=sys.stderr, flush=True)
 
 
 def check_outputs(cfg: Config) -> None:
