@@ -141,6 +141,8 @@ def tokenizer_kind(name: str) -> str:
     """"hf", "sentencepiece", "tiktoken-file" or "tiktoken-name" for an existing path or a name;
     raises TokenizerError (listing what is accepted) for anything else, e.g. a hub id."""
     path = Path(name)
+    if ALIASES.get(name, name) in tiktoken.list_encoding_names():
+        return "tiktoken-name"  # `gpt2` stays tiktoken's even beside a folder named gpt2 (say ./gpt2)
     if path.is_dir():
         return "hf"
     if path.is_file():
@@ -149,8 +151,6 @@ def tokenizer_kind(name: str) -> str:
         if path.suffix == ".model":
             return "sentencepiece"
         return "tiktoken-file"
-    if ALIASES.get(name, name) in tiktoken.list_encoding_names():
-        return "tiktoken-name"
     looks_like_path = os.sep in name or path.suffix in (".tiktoken", ".json", ".model")
     what = f"tokenizer {name} does not exist" if looks_like_path else f"unknown tokenizer {name!r}"
     raise TokenizerError(f"{what}: perfkit reads local files only (no model hub downloads); use {_accepted()}")

@@ -3,7 +3,7 @@
 A byte-level BPE tokenizer.json runs through tiktoken only when the conversion gives the
 tokenizers library's ids (prep/tokenizer_hf.py): its whole vocabulary and edge strings are checked
 when it loads, and here the first documents of the corpus itself (at most SAMPLE_DOCS documents
-from the first SAMPLE_BYTES of the file; bad lines are left to the pack itself to report).
+from the first SAMPLE_BYTES of the file, whole lines; bad lines are left to the pack itself to report).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from perfkit.prep.jsonl import TextExtractor, extract_texts, read_line_chunk
 
-SAMPLE_BYTES = 256 << 10
+SAMPLE_BYTES = 64 << 10   # the library encodes it single-threaded before the workers start
 SAMPLE_DOCS = 64
 
 
