@@ -92,7 +92,7 @@ def metaspace_bpe(folder: Path) -> Path:
     """SentencePiece-style BPE (Llama 2 / Mistral): Metaspace, byte fallback, <s> before every document."""
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
     specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False)
     tok.train_from_iterator(training_texts(), trainer)
