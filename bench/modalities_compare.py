@@ -2,28 +2,27 @@
 
     python -m perfkit.bench.modalities_compare --modalities-venv /tmp/modvenv [--corpus FILE] [--workers N]
         [--rounds R] [--repeat K] [--edge-cases] [--json [OUT.jsonl]] [--keep DIR]
+        [--perfkit-tokenizer gpt2|folder | --hf-folder DIR | --sp-model FILE.model] [--eod-token TOKEN]
 
-1. Tokenizer: builds a local HF GPT-2 tokenizer folder (vocab.json, merges.txt, tokenizer_config.json,
-   special_tokens_map.json) in a temporary directory from tiktoken's r50k_base ranks alone, and checks
-   in the Modalities venv, through Modalities' own PreTrainedHFTokenizer wrapper, that it encodes a
-   corpus sample (and a few edge-case strings) to the ids tiktoken's encode_ordinary gives.
+1. Tokenizer: builds a local HF GPT-2 tokenizer folder (vocab.json, merges.txt, tokenizer.json,
+   tokenizer_config.json, special_tokens_map.json; bench/tokenizer_files.py) in a temporary
+   directory from tiktoken's r50k_base ranks alone, and checks in the Modalities venv, through
+   Modalities' own PreTrainedHFTokenizer wrapper, that it encodes a corpus sample (and a few
+   edge-case strings) to the ids tiktoken's encode_ordinary gives. Modalities packs with that folder
+   (`pretrained_hf_tokenizer`); perfkit with `--tokenizer gpt2`, or with the same folder
+   (`--perfkit-tokenizer folder`: perfkit's tokenizer.json route). `--hf-folder DIR` / `--sp-model
+   FILE` compare any Hugging Face folder / SentencePiece model instead (`pretrained_sp_tokenizer`).
 2. Runs the seed tutorial's commands in that venv (`modalities data create_raw_index`, then
    `modalities data pack_encoded_data tokenization_config.yaml` with num_cpus=N), and `perfkit pack`
    (this python's `perfkit` command, --workers N), each timed from process start to exit.
 3. Compares the two .pbin files byte for byte and names the first difference (header, data or
    index; token and document), then prints the wall-time table. --edge-cases packs a small
    synthetic corpus instead (an empty text, a literal "<|endoftext|>"), to show where the two differ.
-
-Conversion facts used (GPT-2's published format): vocab.json maps each token's bytes, written with
-GPT-2's byte-to-unicode alphabet, to its id, plus "<|endoftext|>": 50256; merges.txt lists, in rank
-order, for every token of rank >= 256 the pair of tokens BPE restricted to lower ranks merges into it.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import os
 import platform
@@ -39,99 +38,10 @@ import numpy as np
 import tiktoken
 
 from perfkit.bench.records import append_jsonl
+from perfkit.bench.tokenizer_files import EOT, gpt2_tokenizer_json
 from perfkit.formats.pbin import HEADER_SIZE, read_pbin
 
-EOT, EOT_ID = "<|endoftext|>", 50256
 DEFAULT_JSON = Path("bench/results/modalities_compare.jsonl")
-
-# ---------------------------------------------------------------- tokenizer folder from r50k ranks
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte alphabet: printable latin-1 bytes stand for themselves, the other 68 bytes get
-    chr(256), chr(257), ... in increasing byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def load_ranks(path: str | os.PathLike) -> dict[bytes, int]:
-    """A tiktoken ranks file: "base64(token bytes) rank" per line."""
-    ranks = {}
-    for line in Path(path).read_bytes().splitlines():
-        if line.strip():
-            tok, rank = line.split()
-            ranks[base64.b64decode(tok)] = int(rank)
-    return ranks
-
-
-def bpe_parts(token: bytes, ranks: dict[bytes, int], below: int) -> list[bytes]:
-    """Byte-level BPE of `token` using only ranks < `below`: repeatedly merge the adjacent pair whose
-    concatenation has the lowest rank (leftmost on ties) until none is left."""
-    parts = [token[i:i + 1] for i in range(len(token))]
-    while len(parts) > 1:
-        best, at = below, -1
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1], below)
-            if r < best:
-                best, at = r, i
-        if at < 0:
-            break
-        parts[at:at + 2] = [parts[at] + parts[at + 1]]
-    return parts
-
-
-def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
-    """For each token of rank >= 256, in rank order, the pair that lower-rank BPE merges into it."""
-    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
-    if sorted(len(t) for t, r in by_rank[:256]) != [1] * 256 or [r for _, r in by_rank] != list(range(len(by_rank))):
-        raise ValueError("ranks must be 0..n-1 with the 256 single bytes first")
-    merges = []
-    for token, rank in by_rank[256:]:
-        parts = bpe_parts(token, ranks, rank)
-        if len(parts) != 2:
-            raise ValueError(f"token {token!r} (rank {rank}) is not one merge of two lower-rank tokens: {parts}")
-        merges.append((parts[0], parts[1]))
-    return merges
-
-
-def write_hf_gpt2_folder(ranks: dict[bytes, int], dst: Path) -> Path:
-    """vocab.json + merges.txt (+ tokenizer_config.json, special_tokens_map.json) of GPT-2's tokenizer."""
-    b2u = bytes_to_unicode()
-    show = lambda t: "".join(b2u[b] for b in t)  # noqa: E731
-    vocab = {show(t): r for t, r in ranks.items()}
-    if EOT_ID in vocab.values():
-        raise ValueError(f"rank {EOT_ID} is taken; expected r50k_base (ranks 0..50255)")
-    vocab[EOT] = EOT_ID
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    lines = ["#version: 0.2"] + [f"{show(a)} {show(b)}" for a, b in derive_merges(ranks)]
-    (dst / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
-    (dst / "special_tokens_map.json").write_text(json.dumps(special))
-    (dst / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "add_prefix_space": False,
-         "add_bos_token": False, "errors": "replace", **special}))
-    return dst
-
-
-def r50k_ranks_path() -> Path:
-    """tiktoken's cached r50k_base file (loads it once so the cache is filled)."""
-    tiktoken.get_encoding("r50k_base")
-    url = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
-    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") \
-        or os.path.join(tempfile.gettempdir(), "data-gym-cache")
-    path = Path(cache) / hashlib.sha1(url.encode()).hexdigest()
-    if not path.is_file():
-        raise FileNotFoundError(f"r50k_base ranks not in tiktoken's cache ({path}); run `perfkit fetch`")
-    return path
-
 
 # Runs in the Modalities venv: encode texts with Modalities' own HF tokenizer wrapper.
 HF_ENCODE = r"""
@@ -200,20 +110,8 @@ def timed(cmd: list[str], log: Path, env: dict | None = None) -> dict:
     return {"wall": wall, "cpu": cpu, "load1_before": load[0], "load_before": list(load)}
 
 
-def modalities_config(corpus: Path, idx: Path, dst: Path, folder: Path, workers: int) -> str:
-    """The seed's tokenization_config.yaml, paths and num_cpus filled in."""
-    return f"""settings:
-  src_path: {corpus}
-  dst_path: {dst}
-  index_path: {idx}
-  jq_pattern: .text
-  num_cpus: {workers}
-  eod_token: {EOT}
-  processing_batch_size: 10
-  raw_samples_queue_size: 300
-  processed_samples_queue_size: 300
-
-tokenizer:
+def hf_tokenizer_block(folder: Path) -> str:
+    return f"""tokenizer:
   component_key: tokenizer
   variant_key: pretrained_hf_tokenizer
   config:
@@ -223,13 +121,40 @@ tokenizer:
 """
 
 
-def run_round(venv: Path, corpus: Path, folder: Path, workers: int, work: Path, k: int) -> dict:
+def sp_tokenizer_block(model: Path) -> str:
+    return f"""tokenizer:
+  component_key: tokenizer
+  variant_key: pretrained_sp_tokenizer
+  config:
+    tokenizer_model_file: {model}
+"""
+
+
+def modalities_config(corpus: Path, idx: Path, dst: Path, tokenizer_block: str, workers: int,
+                      eod: str = EOT) -> str:
+    """The seed's tokenization_config.yaml, paths, num_cpus, EOD and tokenizer filled in."""
+    return f"""settings:
+  src_path: {corpus}
+  dst_path: {dst}
+  index_path: {idx}
+  jq_pattern: .text
+  num_cpus: {workers}
+  eod_token: {json.dumps(eod)}
+  processing_batch_size: 10
+  raw_samples_queue_size: 300
+  processed_samples_queue_size: 300
+
+{tokenizer_block}"""
+
+
+def run_round(venv: Path, corpus: Path, tokenizer_block: str, perfkit_tokenizer: str, eod: str, workers: int,
+              work: Path, k: int) -> dict:
     mod, perfkit = venv / "bin" / "modalities", shutil.which("perfkit")
     if perfkit is None:
         raise FileNotFoundError("no `perfkit` command on PATH (pip install -e .)")
     idx, mpbin, ppbin = work / f"mod{k}.idx", work / f"mod{k}.pbin", work / f"perfkit{k}.pbin"
     cfg = work / f"tokenization_config{k}.yaml"
-    cfg.write_text(modalities_config(corpus.resolve(), idx, mpbin, folder, workers))
+    cfg.write_text(modalities_config(corpus.resolve(), idx, mpbin, tokenizer_block, workers, eod))
     r = {}
     # alternate which side goes first, so neither always gets the warmer page cache
     order = ["perfkit", "modalities"] if k % 2 else ["modalities", "perfkit"]
@@ -245,8 +170,9 @@ def run_round(venv: Path, corpus: Path, folder: Path, workers: int, work: Path, 
             r["mod_pack"]["warnings"] = sum(("Could not process" in ln or "empty sample" in ln)
                                             for ln in log.splitlines())
         else:
-            r["perfkit"] = timed([perfkit, "pack", str(corpus), "-o", str(ppbin), "--tokenizer", "gpt2",
-                                  "--workers", str(workers), "--no-progress"], work / f"perfkit{k}.log")
+            r["perfkit"] = timed([perfkit, "pack", str(corpus), "-o", str(ppbin), "--tokenizer", perfkit_tokenizer,
+                                  "--eod-token", eod, "--workers", str(workers), "--no-progress"],
+                                 work / f"perfkit{k}.log")
     r["mod_total"] = r["mod_index"]["wall"] + r["mod_pack"]["wall"]
     r["paths"] = (mpbin, ppbin)
     return r
@@ -336,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, nargs="?", const=DEFAULT_JSON, help=f"append a JSON line (default "
                     f"{DEFAULT_JSON})")
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temp dir)")
+    ap.add_argument("--perfkit-tokenizer", choices=("gpt2", "folder"), default="gpt2",
+                    help="with the GPT-2 folder: perfkit packs with tiktoken's gpt2 (default) or with the "
+                    "same Hugging Face folder (tokenizer.json) Modalities reads")
+    ap.add_argument("--hf-folder", type=Path, help="instead of GPT-2: this Hugging Face tokenizer folder, on both "
+                    "sides (Modalities pretrained_hf_tokenizer, perfkit --tokenizer FOLDER)")
+    ap.add_argument("--sp-model", type=Path, help="instead of GPT-2: this SentencePiece .model on both sides "
+                    "(Modalities pretrained_sp_tokenizer)")
+    ap.add_argument("--eod-token", default=EOT, help=f"with --hf-folder / --sp-model (default {EOT})")
     args = ap.parse_args(argv)
     venv_py = args.modalities_venv / "bin" / "python"
     if not (args.modalities_venv / "bin" / "modalities").is_file():
@@ -354,20 +288,31 @@ def main(argv: list[str] | None = None) -> int:
             corpus.write_bytes(data * args.repeat)
 
         corpus_bytes = corpus.stat().st_size
-        t0 = time.perf_counter()
-        folder = write_hf_gpt2_folder(load_ranks(r50k_ranks_path()), work / "hf_gpt2")
-        t_conv = time.perf_counter() - t0
-        with open(corpus, "rb") as f:
-            texts = [json.loads(ln)["text"] for _, ln in zip(range(args.verify_docs), f) if ln.strip()]
-        tok = verify_tokenizer(venv_py, folder, texts, work)
-        print(f"tokenizer folder from r50k ranks: {t_conv:.1f} s; {tok['hf_class']} via Modalities' wrapper: "
-              f"vocab_size {tok['vocab_size']}, eod id {tok['eod_id']}")
-        print(f"  corpus sample: {tok['sample_texts']} texts, {tok['sample_tokens']:,} tokens, "
-              f"{len(tok['corpus_diffs'])} differ from tiktoken encode_ordinary")
-        for d in tok["corpus_diffs"][:5] + tok["edge_diffs"]:
-            print(f"  differs: text {d['text']} at token {d['token']}: tiktoken {d['tiktoken']} hf {d['hf']}")
+        tok, eod = {}, args.eod_token
+        if args.sp_model:
+            block, perfkit_tok, label = sp_tokenizer_block(args.sp_model.resolve()), str(args.sp_model), "sp"
+        elif args.hf_folder:
+            block, perfkit_tok, label = hf_tokenizer_block(args.hf_folder.resolve()), str(args.hf_folder), "hf"
+        else:
+            eod, t0 = EOT, time.perf_counter()
+            folder = gpt2_tokenizer_json(work / "hf_gpt2")  # vocab.json, merges.txt and tokenizer.json
+            t_conv = time.perf_counter() - t0
+            with open(corpus, "rb") as f:
+                texts = [json.loads(ln)["text"] for _, ln in zip(range(args.verify_docs), f) if ln.strip()]
+            tok = verify_tokenizer(venv_py, folder, texts, work)
+            print(f"tokenizer folder from r50k ranks: {t_conv:.1f} s; {tok['hf_class']} via Modalities' wrapper: "
+                  f"vocab_size {tok['vocab_size']}, eod id {tok['eod_id']}")
+            print(f"  corpus sample: {tok['sample_texts']} texts, {tok['sample_tokens']:,} tokens, "
+                  f"{len(tok['corpus_diffs'])} differ from tiktoken encode_ordinary")
+            for d in tok["corpus_diffs"][:5] + tok["edge_diffs"]:
+                print(f"  differs: text {d['text']} at token {d['token']}: tiktoken {d['tiktoken']} hf {d['hf']}")
+            block = hf_tokenizer_block(folder)
+            perfkit_tok = "gpt2" if args.perfkit_tokenizer == "gpt2" else str(folder)
+            label = "hf" if args.perfkit_tokenizer == "folder" else "tiktoken gpt2"
+        print(f"Modalities: {block.split('variant_key: ')[1].split()[0]}; perfkit: --tokenizer {perfkit_tok} "
+              f"({label}); EOD {eod!r}")
 
-        rounds = [run_round(args.modalities_venv, corpus, folder, args.workers, work, k)
+        rounds = [run_round(args.modalities_venv, corpus, block, perfkit_tok, eod, args.workers, work, k)
                   for k in range(args.rounds)]
         cmp = compare_pbin(*rounds[0]["paths"])
         for r in rounds:
@@ -419,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                "repeat": args.repeat, "bytes": size, "workers": args.workers,
                "rounds": args.rounds, "cpus": os.cpu_count(), "machine": platform.machine(),
                "python": platform.python_version(), "perfkit_commit": git, "tokenizer": tok,
+               "perfkit_tokenizer": perfkit_tok, "modalities_tokenizer": block, "eod_token": eod,
                "perfkit_cmd": shutil.which("perfkit"), "modalities_startup": ms, "modalities_index": mi,
                "modalities_pack": mp, "modalities_total_wall": mtot, "perfkit_pack": pk,
                "ratio_wall": mtot / pk["wall"], "all_rounds": [{k: v for k, v in r.items() if k != "paths"}

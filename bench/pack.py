@@ -2,6 +2,8 @@
 
     python -m perfkit.bench.pack [--corpus FILE] [--workers N] [--repeat K] [--rounds R] [--json OUT.jsonl]
     python -m perfkit.bench.pack --index-docs 10000000      (the .pbin index codec vs pickle)
+    python -m perfkit.bench.pack --hf-tokenizer gpt2 --hf-tokenizer metaspace   (bench/pack_hf.py:
+        pack with a tokenizer.json vs the tokenizers library's encode_batch, same texts, same cores)
 
 Both sides run in their own fresh process, one after the other, so peak memory is measured per side:
 - tiktoken: the texts are read and JSON-decoded first (untimed), then only
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perfkit.bench import pack_hf
 from perfkit.bench.records import append_jsonl, json_path_problem
 from perfkit.prep.pack_cmd import default_workers
 from perfkit.formats.index_pickle import encode_index_pickle, parse_index_pickle
@@ -94,14 +97,14 @@ def _tree_pss_kb(root: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str]) -> tuple[float, int, str, float]:
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, str, float]:
     """(wall seconds, peak tree PSS in bytes, stdout, CPU seconds of the whole tree) of a command.
 
     CPU seconds (user + system of the process and every child it waited for) are what a busy
     shared machine distorts least; wall seconds are what a user sees."""
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _tree_pss_kb(proc.pid))
@@ -175,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="runs per side; the best is reported")
     ap.add_argument("--json", type=Path, help="append one JSON line with the results to this file")
     ap.add_argument("--index-docs", type=int, help="instead: time the .pbin index codec on this many documents")
+    ap.add_argument("--hf-tokenizer", action="append", metavar="gpt2|metaspace|PATH",
+                    help="instead: pack with this tokenizer.json vs the tokenizers library (repeatable)")
+    ap.add_argument("--eod-token", help="with --hf-tokenizer PATH: the EOD token (default <|endoftext|>)")
     args = ap.parse_args(argv)
     if json_path_problem(args.json):
         ap.error(json_path_problem(args.json))
@@ -193,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.repeat):
                     f.write(data)
         size = corpus.stat().st_size
+        if args.hf_tokenizer:
+            return _hf_main(args, corpus, size, Path(tmp))
         r = measure(corpus, args.workers, args.rounds)
 
     b, p = r["baseline"], r["pack"]
@@ -225,6 +233,20 @@ def main(argv: list[str] | None = None) -> int:
                "baseline": b, "pack": p, "ratio_internal": ratio_internal, "ratio_wall": ratio_wall,
                "ratio_procs_internal": procs_internal, "ratio_procs_wall": procs_wall}
         append_jsonl(args.json, [rec])
+    return 0
+
+
+def _hf_main(args, corpus: Path, size: int, work: Path) -> int:
+    print(f"corpus {args.corpus} x{args.repeat}: {size / 1e6:,.1f} MB; workers {args.workers}; "
+          f"{os.cpu_count()} CPUs ({platform.machine()}, {platform.processor() or 'cpu'}); "
+          f"load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    records = pack_hf.run(args.hf_tokenizer, args.eod_token, corpus, args.workers, args.rounds, run_measured, work)
+    if args.json:
+        stamp = {"bench": "pack_hf", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "corpus": str(args.corpus), "repeat": args.repeat, "bytes": size, "workers": args.workers,
+                 "rounds": args.rounds, "cpus": os.cpu_count(), "machine": platform.machine(),
+                 "python": platform.python_version(), "load_after": list(os.getloadavg())}
+        append_jsonl(args.json, [{**stamp, **r} for r in records])
     return 0
 
 

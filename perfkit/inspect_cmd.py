@@ -75,7 +75,7 @@ def describe(pb: PbinFile, tokenizer=None, doc: int | None = None, eod_token: st
         ids = np.asarray(pb.doc_tokens(doc)).astype(np.int64)
         shown = {"index": doc % pb.num_docs, "tokens": int(ids.size), "first_ids": ids[:16].tolist()}
         if tokenizer is not None:
-            text = tokenizer.encoding.decode(ids.tolist())
+            text = tokenizer.decode(ids.tolist())
             shown["text"] = text if len(text) <= SHOW_CHARS else text[:SHOW_CHARS] + " [...]"
         report["document"] = shown
     problems = integrity_problems(pb, eod_id, tokenizer.n_vocab if tokenizer is not None else None)
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return inspect_windows_cmd.main(argv)
     p = argparse.ArgumentParser(prog="perfkit inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("file", help=".pbin file (perfkit's or Modalities')")
-    p.add_argument("--tokenizer", help="decode with it and check EOD / vocabulary (gpt2, cl100k_base, path)")
+    p.add_argument("--tokenizer", help="decode with it and check EOD / vocabulary (gpt2, cl100k_base, a "
+                   "tokenizer.json or its folder, a SentencePiece .model, a .tiktoken file)")
     p.add_argument("--doc", type=int, default=None, help="document to show (default 0; negative counts from the end)")
     p.add_argument("--eod-token", default=DEFAULT_EOD, help="with --tokenizer: the token every document must end with")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")

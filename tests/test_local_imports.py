@@ -14,6 +14,7 @@ ALLOWED = {
     "perfkit/demo_cmd.py": "stays torch-free",
     "perfkit/plot_cmd.py": "optional dependency",
     "perfkit/metrics_wandb.py": "the optional dependency",
+    "perfkit/prep/tokenizer_sentencepiece.py": "optional dependency",  # sentencepiece: perfkit[sentencepiece]
     "perfkit/train/train_cmd.py": "kept out of `--help` and config errors",
     "perfkit/train/float8.py": "torchao is an optional package",
     "perfkit/prep/pack_config.py": "Python 3.10",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from perfkit.bench.modalities_compare import (EOT, EOT_ID, bpe_parts, bytes_to_unicode, derive_merges,
-                                              load_ranks, r50k_ranks_path, verify_tokenizer,
-                                              write_hf_gpt2_folder)
+from perfkit.bench.modalities_compare import verify_tokenizer
+from perfkit.bench.tokenizer_files import (EOT, EOT_ID, bpe_parts, bytes_to_unicode, derive_merges, load_ranks,
+                                           r50k_ranks_path, write_hf_gpt2_folder)
 
 
 def merges_bpe(word: bytes, merges: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -113,3 +113,23 @@ def test_hf_folder_in_modalities_matches_tiktoken(r50k, tmp_path):
     assert r["corpus_diffs"] == []
     # the one known difference: HF splits the literal special token out, encode_ordinary does not
     assert [d["text"] for d in r["edge_diffs"]] == [f"edge:{'mid ' + EOT + ' text'!r}"]
+
+
+@pytest.mark.slow
+def test_gpt2_tokenizer_json_converts_to_tiktoken_and_matches_r50k(r50k, tmp_path):
+    # A real-size byte-level BPE (50,257 ids): perfkit's conversion of the tokenizer.json built from
+    # the r50k ranks is verified and chosen, and gives tiktoken's own r50k ids, specials recognised.
+    import numpy as np
+    import tiktoken
+
+    from perfkit.bench.tokenizer_files import gpt2_tokenizer_json
+    from perfkit.prep.tokenizer import TokenizerSpec, resolve_tokenizer
+
+    tok = resolve_tokenizer(TokenizerSpec(str(gpt2_tokenizer_json(tmp_path / "hf_gpt2"))))
+    assert tok.fast is not None and tok.note is None and tok.n_vocab == 50257 and tok.token_width == 2
+    enc = tiktoken.get_encoding("r50k_base")
+    texts = ["To be, or not to be: that is the question.", f"a {EOT} b{EOT}", "  naïve 日本 🙂\r\n\n 12345 ",
+             "I'll've 'S 's", ""]
+    ids, lengths = tok.encode_batch(texts)
+    got = [p.tolist() for p in np.split(ids, np.cumsum(lengths)[:-1])]
+    assert got == [enc.encode(t, allowed_special={EOT}) for t in texts]

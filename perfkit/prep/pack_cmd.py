@@ -6,7 +6,9 @@
 
 Every document is `encode_ordinary(text)` followed by one EOD token (a literal "<|endoftext|>"
 inside a text stays text), in input order; the file is byte-identical to what Modalities'
-`pack_encoded_data` writes for the same JSONL and tokenizer.
+`pack_encoded_data` writes for the same JSONL and tokenizer. With a Hugging Face tokenizer folder /
+tokenizer.json or a SentencePiece .model, a document is that tokenizer's own encoding + EOD
+(prep/tokenizer_hf.py, prep/tokenizer_sentencepiece.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from perfkit.prep.pack_pipeline import (PackAborted, PackFailed, PackStats, plan
                                         plan_index_chunks, run_pack)
 from perfkit.prep.pack_worker import PackJob
 from perfkit.prep.tokenizer import DEFAULT_EOD, TokenizerSpec, parse_special_tokens, resolve_tokenizer
+from perfkit.prep.tokenizer_sample import checked_on_corpus
 
 MIN_CHUNK = 64 << 10
 MAX_CHUNK = 1 << 20       # bounds in-flight memory: one chunk holds ~3x its size (bytes, str, ids)
@@ -55,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", nargs="?", help="JSONL corpus, one JSON object per line")
     p.add_argument("-o", "--output", dest="dst", help="the .pbin to write")
     p.add_argument("--config", help="TOML with the seed's tokenization_config settings (flags override it)")
-    p.add_argument("--tokenizer", help="gpt2, a tiktoken encoding name, or a path to a .tiktoken file")
+    p.add_argument("--tokenizer", help="gpt2, a tiktoken encoding name, a Hugging Face tokenizer folder or "
+                   "tokenizer.json, a SentencePiece .model, or a .tiktoken file (local files only)")
     p.add_argument("--tokenizer-pattern", help="local .tiktoken only: split regex, or an encoding name whose pattern to use")
     p.add_argument("--special-token", action="append", metavar="TOKEN=ID",
                    help="local .tiktoken only: a special token (repeatable)")
@@ -127,7 +131,9 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
     key_path = parse_text_key(settings["text_key"])
     TextExtractor(key_path)  # a key msgspec cannot follow fails here, not in every worker
     dst = check_output_path(settings["dst"], force, inputs)
-    tok = resolve_tokenizer(settings["tokenizer"])
+    tok = checked_on_corpus(resolve_tokenizer(settings["tokenizer"]), src, key_path)
+    if tok.note:  # a tokenizer.json that runs slower than it could: say why, in one line
+        print(f"perfkit pack: note: {tok.note}", file=sys.stderr)
     eod_id = tok.token_id(settings["eod"])
     width = settings["token_width"] or tok.token_width
 
@@ -152,7 +158,7 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
                 pass
         except OSError as e:
             raise UserError(f"{dst}: cannot write in {dst.parent}: {e.strerror or e}") from None
-        job = PackJob(src=str(src), src_size=size, tmp_dst=str(tmp), tokenizer=settings["tokenizer"],
+        job = PackJob(src=str(src), src_size=size, tmp_dst=str(tmp), tokenizer=tok.spec,
                       key_path=key_path, eod_id=eod_id, token_width=width,
                       stop_at_first_bad=settings["on_bad_line"] == "error")
         try:

@@ -10,9 +10,16 @@
     on_bad_line = "error"                         # perfkit extra: error | skip
 
     [tokenizer]
-    name = "gpt2"                                 # or a path to a .tiktoken file
-    pattern = "cl100k_base"                       # local files only: encoding name or regex
-    special_tokens = { "<|endoftext|>" = 100257 } # local files only
+    name = "gpt2"                                 # or a path: tokenizer folder / tokenizer.json / .model / .tiktoken
+    pattern = "cl100k_base"                       # local .tiktoken files only: encoding name or regex
+    special_tokens = { "<|endoftext|>" = 100257 } # local .tiktoken files only
+
+    # or Modalities' tokenizer components, as in its tokenization_config.yaml:
+    [tokenizer]
+    component_key = "tokenizer"
+    variant_key = "pretrained_hf_tokenizer"       # config: pretrained_model_name_or_path, padding, truncation
+    config = { pretrained_model_name_or_path = "data/tokenizer", padding = false, truncation = false }
+    # variant_key = "pretrained_sp_tokenizer"     # config: tokenizer_model_file = "tokenizer.model"
 
 Modalities' queue/batch knobs (processing_batch_size, raw_samples_queue_size,
 processed_samples_queue_size) are accepted and ignored: perfkit sizes its own pipeline.
@@ -46,10 +53,55 @@ class PackSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     processed_samples_queue_size: int | None = None
 
 
+class ModalitiesTokenizerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pretrained_model_name_or_path: str | None = None   # pretrained_hf_tokenizer: a local folder
+    padding: bool | str = False
+    truncation: bool = False
+    max_length: int | None = None
+    special_tokens: dict[str, str] | None = None
+    tokenizer_model_file: str | None = None            # pretrained_sp_tokenizer: a .model file
+
+
+VARIANT_PATH_KEY = {"pretrained_hf_tokenizer": "pretrained_model_name_or_path",
+                    "pretrained_sp_tokenizer": "tokenizer_model_file"}
+
+
 class PackTokenizer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
+    name: str | None = None
     pattern: str | None = None
     special_tokens: dict[str, int] = {}
+    component_key: str | None = None                  # Modalities' component form (name is derived)
+    variant_key: str | None = None
+    config: ModalitiesTokenizerConfig | None = None
+
+    def __post_init__(self):
+        if self.variant_key is None:
+            if self.config is not None:
+                raise ValueError("$.tokenizer.config needs $.tokenizer.variant_key (pretrained_hf_tokenizer "
+                                 "or pretrained_sp_tokenizer)")
+            if self.name is None:
+                raise ValueError("$.tokenizer: give name (gpt2, a tiktoken name or a tokenizer path) or "
+                                 "Modalities' variant_key + config")
+            return
+        if self.name is not None:
+            raise ValueError("$.tokenizer: give name or variant_key + config, not both")
+        key = VARIANT_PATH_KEY.get(self.variant_key)
+        if key is None:
+            raise ValueError(f"$.tokenizer.variant_key {self.variant_key!r}: perfkit reads "
+                             f"{' or '.join(VARIANT_PATH_KEY)}")
+        c = self.config or ModalitiesTokenizerConfig()
+        if not getattr(c, key):
+            raise ValueError(f"$.tokenizer.config.{key} is required for {self.variant_key}")
+        other = next(k for k in VARIANT_PATH_KEY.values() if k != key)
+        if getattr(c, other) is not None:
+            raise ValueError(f"$.tokenizer.config.{other} does not belong to {self.variant_key}")
+        if c.padding not in (False, "do_not_pad") or c.truncation or c.max_length is not None:
+            raise ValueError("$.tokenizer.config: perfkit never pads or truncates documents; set padding = false, "
+                             "truncation = false and no max_length")
+        if c.special_tokens:
+            raise ValueError("$.tokenizer.config.special_tokens is not supported: perfkit uses the "
+                             "tokenizer's own special tokens (pick the EOD with settings.eod_token)")
+        self.name = getattr(c, key)
 
 
 class PackFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

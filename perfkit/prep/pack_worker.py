@@ -39,38 +39,28 @@ class TokenOverflowError(UserError):
     pass
 
 
-def ordinary_encoder(encoding):
-    """text -> token ids with encode_ordinary semantics (special-token text stays text).
-
-    tiktoken >= 0.8 can return a numpy buffer straight from Rust (encode_to_numpy with no special
-    token allowed or disallowed is exactly encode_ordinary), which skips building a Python int per
-    token; older versions get encode_ordinary's list."""
-    if hasattr(encoding, "encode_to_numpy"):
-        none: frozenset = frozenset()
-        to_numpy = encoding.encode_to_numpy
-        return lambda text: to_numpy(text, allowed_special=none, disallowed_special=none)
-    return lambda text: np.array(encoding.encode_ordinary(text), dtype=np.uint32)
-
-
-def tokenize_texts(texts: list[str], encode, eod_id: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_texts(texts: list[str], encode_batch, eod_id: int, width: int,
+                   eod_unless_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, doc_tokens): every text's ids followed by eod_id, concatenated, in the token dtype.
 
-    encode: text -> (n,) uint32 ids (see ordinary_encoder).
+    encode_batch: texts -> ((N,) uint32 ids, (len(texts),) int64 lengths) (the tokenizer's
+    worker_encoder). eod_unless_last: a document whose ids already end with eod_id gets no second
+    one (Modalities' rule; for the tokenizers that can produce the EOD id from text).
     tokens: (sum(doc_tokens),) little-endian uint of `width` bytes; doc_tokens: (len(texts),) int64.
     """
-    eod = np.array([eod_id], dtype=np.uint32)
-    parts = []
-    for text in texts:  # one call per document; the BPE itself is Rust
-        parts.append(encode(text))
-        parts.append(eod)
-    doc_tokens = np.fromiter(map(len, parts[::2]), dtype=np.int64, count=len(texts)) + 1
-    ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+    ids, lengths = encode_batch(texts)
+    ends = np.cumsum(lengths)                       # (D,) where each document's ids end
+    needs_eod = np.ones(len(texts), dtype=bool)
+    if eod_unless_last and ids.size:
+        needs_eod = (lengths == 0) | (ids[np.maximum(ends - 1, 0)] != eod_id)
+    tokens = np.insert(ids, ends[needs_eod], np.uint32(eod_id))
+    doc_tokens = lengths + needs_eod
     limit = 1 << (8 * width)
-    top = int(ids.max()) if ids.size else 0
+    top = int(tokens.max()) if tokens.size else 0
     if top >= limit:
         raise TokenOverflowError(f"token id {top} does not fit the {width}-byte token width "
                                  f"(max {limit - 1}); use a wider --token-width")
-    return ids.astype(token_dtype(width), copy=False), doc_tokens
+    return tokens.astype(token_dtype(width), copy=False), doc_tokens
 
 
 def read_entries_chunk(fd: int, offsets: np.ndarray, lengths: np.ndarray, file_size: int) -> LineChunk:
@@ -108,7 +98,7 @@ def worker_main(conn, job: PackJob, tokenizer=None, index: tuple[np.ndarray, np.
     cid = -1
     try:
         tok = tokenizer or resolve_tokenizer(job.tokenizer)
-        encode = ordinary_encoder(tok.encoding)
+        encode_batch = tok.worker_encoder()
         extractor = TextExtractor(job.key_path)
         src_fd = os.open(job.src, os.O_RDONLY)
         dst_fd = os.open(job.tmp_dst, os.O_WRONLY)
@@ -143,7 +133,8 @@ def worker_main(conn, job: PackJob, tokenizer=None, index: tuple[np.ndarray, np.
             if bad and job.stop_at_first_bad:
                 tokens, doc_tokens = np.zeros(0, token_dtype(job.token_width)), np.zeros(0, np.int64)
             else:
-                tokens, doc_tokens = tokenize_texts(texts, encode, job.eod_id, job.token_width)
+                tokens, doc_tokens = tokenize_texts(texts, encode_batch, job.eod_id, job.token_width,
+                                                     tok.eod_unless_last)
             pending[cid] = tokens
             conn.send(Counted(cid, chunk.num_lines, covered, doc_tokens, bad))
         os.close(dst_fd)

@@ -1,6 +1,16 @@
-"""Tokenizer resolution for `perfkit pack` / `perfkit inspect`: a name or a local ranks file -> tiktoken.
+"""Tokenizer resolution for `perfkit pack` / `perfkit inspect`: `--tokenizer VALUE` -> a tokenizer.
 
-Accepted `--tokenizer` values:
+Every tokenizer kind offers the same small interface: `n_vocab`, `token_width`, `label`,
+`token_id(text)`, `decode(ids)`, `record(eod_id)` (the manifest's TokenizerRecord) and
+`encode_batch(texts) -> (ids, lengths)`: every text's ids concatenated into one (N,) uint32 array
+and (len(texts),) int64 lengths, so a pack worker never returns per-token Python lists.
+`eod_unless_last` says whether a document whose encoding already ends with the EOD id gets no
+second one (Modalities' rule for the tokenizers that can produce it from text).
+
+Accepted `--tokenizer` values (perfkit reads local files only, never a model hub):
+- a Hugging Face tokenizer folder (holding tokenizer.json) or a tokenizer.json file:
+  prep/tokenizer_hf.py (byte-level BPE converted to tiktoken ranks by prep/tokenizer_convert.py);
+- a SentencePiece `.model` file: prep/tokenizer_sentencepiece.py (optional dependency);
 - `gpt2`: the GPT-2 vocabulary. tiktoken's own "gpt2" loads two other files (vocab.bpe, encoder.json);
   r50k_base is the same vocabulary, pattern and `<|endoftext|>` = 50256 in one ranks file, which
   `perfkit fetch` puts into tiktoken's cache, so `gpt2` resolves to r50k_base and works offline.
@@ -17,15 +27,21 @@ import base64
 import binascii
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 import tiktoken_ext.openai_public as public
 
 from perfkit.formats.pbin import token_width_for_vocab
 from perfkit.formats.pbin_manifest import TokenizerRecord
-from perfkit.errors import UserError
+from perfkit.prep.tokenizer_base import DEFAULT_EOD, TokenizerError, TokenizerSpec, concat_ids
+from perfkit.prep.tokenizer_hf import load_hf_tokenizer
+from perfkit.prep.tokenizer_sentencepiece import load_sentencepiece
+
+__all__ = ["DEFAULT_EOD", "TokenizerError", "TokenizerSpec", "Tokenizer", "resolve_tokenizer",
+           "parse_special_tokens", "tokenizer_kind"]
 
 # sha256 of OpenAI's published ranks files -> the tiktoken encoding they belong to (these are the
 # `expected_hash` values tiktoken checks downloads against).
@@ -36,27 +52,42 @@ KNOWN_RANKS_SHA256 = {
     "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d": "o200k_base",
 }
 ALIASES = {"gpt2": "r50k_base"}
-DEFAULT_EOD = "<|endoftext|>"
 
 
-class TokenizerError(UserError):
-    """The tokenizer cannot be resolved; the message says what to do."""
+def ordinary_encoder(encoding):
+    """text -> (n,) uint32 ids with encode_ordinary semantics (special-token text stays text).
 
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    """What a worker process needs to rebuild the same tokenizer (picklable, small)."""
-
-    name: str                                   # encoding name or path to a .tiktoken file
-    pattern: str | None = None                  # for local files: regex, or an encoding name
-    special_tokens: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+    tiktoken >= 0.8 can return a numpy buffer straight from Rust (encode_to_numpy with no special
+    token allowed or disallowed is exactly encode_ordinary), which skips building a Python int per
+    token; older versions get encode_ordinary's list."""
+    if hasattr(encoding, "encode_to_numpy"):
+        none: frozenset = frozenset()
+        to_numpy = encoding.encode_to_numpy
+        return lambda text: to_numpy(text, allowed_special=none, disallowed_special=none)
+    return lambda text: np.array(encoding.encode_ordinary(text), dtype=np.uint32)
 
 
 @dataclass
 class Tokenizer:
+    """A tiktoken encoding (a built-in name or a local .tiktoken file)."""
+
     spec: TokenizerSpec
     encoding: object          # tiktoken.Encoding
     label: str                # what to print: "gpt2 (r50k_base)", "cl100k_base", "my.tiktoken"
+    kind = "tiktoken"
+    eod_unless_last = False   # encode_ordinary never produces a special token: always append EOD
+    note = None               # nothing to tell the user about how it runs
+
+    def encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encode = ordinary_encoder(self.encoding)
+        return concat_ids([encode(t) for t in texts])  # one Rust call per document
+
+    def worker_encoder(self):
+        """encode_batch for a pack worker (tiktoken's per-document calls are single-threaded)."""
+        return self.encode_batch
+
+    def decode(self, ids: list[int]) -> str:
+        return self.encoding.decode(ids)
 
     @property
     def n_vocab(self) -> int:
@@ -98,24 +129,53 @@ def parse_special_tokens(items: list[str] | None) -> tuple[tuple[str, int], ...]
     return tuple(out)
 
 
-def resolve_tokenizer(spec: TokenizerSpec) -> Tokenizer:
+ACCEPTED = ("gpt2 or a tiktoken encoding name ({names}), a Hugging Face tokenizer folder (with "
+            "tokenizer.json) or tokenizer.json file, a SentencePiece .model file, or a .tiktoken ranks file")
+
+
+def _accepted() -> str:
+    return ACCEPTED.format(names=", ".join(tiktoken.list_encoding_names()))
+
+
+def tokenizer_kind(name: str) -> str:
+    """"hf", "sentencepiece", "tiktoken-file" or "tiktoken-name" for an existing path or a name;
+    raises TokenizerError (listing what is accepted) for anything else, e.g. a hub id."""
+    path = Path(name)
+    if ALIASES.get(name, name) in tiktoken.list_encoding_names():
+        return "tiktoken-name"  # `gpt2` stays tiktoken's even beside a folder named gpt2 (say ./gpt2)
+    if path.is_dir():
+        return "hf"
+    if path.is_file():
+        if path.suffix == ".json":
+            return "hf"
+        if path.suffix == ".model":
+            return "sentencepiece"
+        return "tiktoken-file"
+    looks_like_path = os.sep in name or path.suffix in (".tiktoken", ".json", ".model")
+    what = f"tokenizer {name} does not exist" if looks_like_path else f"unknown tokenizer {name!r}"
+    raise TokenizerError(f"{what}: perfkit reads local files only (no model hub downloads); use {_accepted()}")
+
+
+def resolve_tokenizer(spec: TokenizerSpec):
+    """The tokenizer `spec` names (Tokenizer, HFTokenizer or SentencePieceTokenizer)."""
+    kind = tokenizer_kind(spec.name)
+    if kind == "hf":
+        return load_hf_tokenizer(spec)
+    if kind == "sentencepiece":
+        return load_sentencepiece(spec)
+    if kind == "tiktoken-file":
+        return _local_tokenizer(spec, tiktoken)
     name = spec.name
-    looks_like_path = name.endswith(".tiktoken") or os.sep in name or Path(name).is_file()
-    if not looks_like_path:
-        base = ALIASES.get(name, name)
-        if base not in tiktoken.list_encoding_names():
-            raise TokenizerError(f"unknown tokenizer {name!r}: use gpt2, one of "
-                                 f"{', '.join(tiktoken.list_encoding_names())}, or a path to a .tiktoken file")
-        try:
-            enc = tiktoken.get_encoding(base)
-        except Exception as e:  # offline cache miss: requests' ConnectionError, hash mismatch, ...
-            raise TokenizerError(
-                f"tokenizer {name!r}: the {base} ranks are not in tiktoken's cache and could not be "
-                f"downloaded ({type(e).__name__}: {e}). Run `perfkit fetch` (gpt2), set TIKTOKEN_CACHE_DIR "
-                f"to a folder holding them, or pass the path of a local .tiktoken file") from None
-        label = name if base == name else f"{name} ({base})"
-        return Tokenizer(spec, enc, label)
-    return _local_tokenizer(spec, tiktoken)
+    base = ALIASES.get(name, name)
+    try:
+        enc = tiktoken.get_encoding(base)
+    except Exception as e:  # offline cache miss: requests' ConnectionError, hash mismatch, ...
+        raise TokenizerError(
+            f"tokenizer {name!r}: the {base} ranks are not in tiktoken's cache and could not be "
+            f"downloaded ({type(e).__name__}: {e}). Run `perfkit fetch` (gpt2), set TIKTOKEN_CACHE_DIR "
+            f"to a folder holding them, or pass the path of a local .tiktoken file") from None
+    label = name if base == name else f"{name} ({base})"
+    return Tokenizer(spec, enc, label)
 
 
 def load_ranks(path: Path) -> tuple[dict[bytes, int], str]:
