@@ -1,9 +1,17 @@
 """Shared pytest fixtures (keep this file small: fixtures only)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported, and any test module may import it first
+# (torchao does, for test_float8): set it before all of them, so the interpreted kernel tests work
+# in any order. Without CUDA nothing else runs Triton code; the CPU ops run the reference.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
