@@ -1,0 +1,119 @@
+"""Parquet sources for `perfkit pack`: one document per row of the text column.
+
+The main process reads only the footer (schema, row groups, sizes) to check the text column and
+to plan tasks: a row group, or a slice of one when it holds much more text than a chunk (so a file
+with one huge row group still keeps every worker busy). A worker reads its row group's text
+column with pyarrow (`read_row_group(i, columns=[text_key])`: one row group, one column, never the
+whole file) and keeps the last one it read, since consecutive slices of a row group usually go to
+the same worker. A null text is a bad row (`path:row N: text is null`, N counted from 1 over the
+whole file), under the same --on-bad-line policy as a bad JSONL line.
+
+pyarrow is the optional dependency `perfkit[parquet]` (its wheel is ~50 MB; JSONL users do not need
+it): it is imported inside the functions below, only when a parquet source is packed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from perfkit.errors import UserError
+
+NULL_TEXT = "text is null"
+INSTALL_HINT = "parquet input needs pyarrow: pip install 'perfkit[parquet]' (or pip install pyarrow)"
+
+
+class ParquetSourceError(UserError):
+    """A parquet file that cannot be read; the message names the file (and the row)."""
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.compute
+        import pyarrow.parquet
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    return pyarrow
+
+
+def open_parquet(path: str):
+    pa = _pyarrow()
+    try:
+        return pa.parquet.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ParquetSourceError(f"{path}: not a readable parquet file ({e})") from None
+
+
+def check_text_column(pf, path: str, column: str) -> None:
+    """UserError unless `column` is a string column of the file."""
+    pa = _pyarrow()
+    schema = pf.schema_arrow
+    names = schema.names
+    ok = column in names and any(check(schema.field(column).type) for check in (
+        pa.types.is_string, pa.types.is_large_string, getattr(pa.types, "is_string_view", lambda t: False)))
+    if not ok:
+        found = ", ".join(f"{n} ({schema.field(n).type})" for n in names) or "none"
+        raise ParquetSourceError(f"{path}: no string column {column!r} (columns: {found}); "
+                                 "name the text column with --text-key")
+
+
+@dataclass(frozen=True)
+class RowSlice:
+    row_group: int
+    row_start: int      # within the row group
+    row_stop: int
+    file_row: int       # the file's row number of row_start (0-based), for messages
+    est_bytes: int      # uncompressed size of the slice's text column (progress)
+
+
+def plan_row_slices(pf, column: str, chunk_bytes: int) -> list[RowSlice]:
+    """Row groups in order, each cut into slices of about chunk_bytes of text (at least 1 row)."""
+    md = pf.metadata
+    col = pf.schema_arrow.names.index(column)
+    slices, file_row = [], 0
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        rows = rg.num_rows
+        size = max(1, rg.column(col).total_uncompressed_size)
+        pieces = int(min(rows, max(1, -(-size // chunk_bytes)))) if rows else 0
+        cuts = np.linspace(0, rows, pieces + 1).round().astype(np.int64) if pieces else []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            slices.append(RowSlice(g, int(a), int(b), file_row + int(a), size * int(b - a) // rows))
+        file_row += rows
+    return slices
+
+
+class RowGroupReader:
+    """A worker's view of the parquet sources: the text of a row slice, with the null rows."""
+
+    def __init__(self, column: str):
+        self.column = column
+        self.files: dict[str, object] = {}
+        self.cached: tuple[str, int, object] | None = None   # (path, row group, text array)
+
+    def read(self, path: str, row_group: int, row_start: int, row_stop: int, file_row: int
+             ) -> tuple[list[str], list[tuple[int, str]], int]:
+        """(texts of the non-null rows, [(row index in the slice, reason)], UTF-8 bytes of the texts)."""
+        pa = _pyarrow()
+        if self.cached is None or self.cached[:2] != (path, row_group):
+            pf = self.files.get(path) or self.files.setdefault(path, open_parquet(path))
+            try:
+                table = pf.read_row_group(row_group, columns=[self.column])
+            except (pa.ArrowException, OSError) as e:
+                raise ParquetSourceError(f"{path}:row {file_row + 1}: cannot read row group {row_group}: {e}") from None
+            self.cached = None  # drop the previous group before holding the next
+            self.cached = (path, row_group, table.column(0).combine_chunks())
+        arr = self.cached[2].slice(row_start, row_stop - row_start)
+        bad: list[tuple[int, str]] = []
+        if arr.null_count:
+            nulls = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))
+            bad = [(int(i), NULL_TEXT) for i in nulls]
+            arr = arr.drop_null()
+        text_bytes = pa.compute.sum(pa.compute.binary_length(arr)).as_py() or 0
+        try:
+            texts = arr.to_pylist()
+        except UnicodeDecodeError as e:  # parquet does not promise valid UTF-8 in a string column
+            raise ParquetSourceError(f"{path}:row {file_row + 1}: invalid UTF-8 in row group {row_group} ({e})") from None
+        return texts, bad, int(text_bytes)
