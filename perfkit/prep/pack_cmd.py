@@ -24,7 +24,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import perfkit
 from perfkit.errors import UserError
 from perfkit.formats.pbin_manifest import PbinManifest, manifest_path, write_manifest
 from perfkit.prep.cli_paths import check_input_file, check_output_path, output_folder
@@ -196,7 +195,7 @@ def perfkit_version() -> str:
     try:
         return metadata.version("perfkit")
     except metadata.PackageNotFoundError:  # run from a source tree that is not installed
-        return perfkit.__version__
+        return "unknown (not installed)"
 
 
 def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
