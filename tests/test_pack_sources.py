@@ -65,7 +65,7 @@ def test_formats_follow_the_name():
 def test_sources_that_name_nothing(tmp_path, corpus, capsys):
     (tmp_path / "empty").mkdir()
     cases = [(tmp_path / "nomatch*.jsonl", "no file matches the pattern"),
-             (tmp_path / "empty", "the folder holds no corpus files"),
+             (tmp_path / "empty", "is a directory holding no corpus files"),
              (tmp_path / "missing.jsonl", "no such file")]
     for src, reason in cases:
         assert run(corpus[0], src, "-o", tmp_path / "o.pbin") == 1

@@ -74,7 +74,8 @@ def expand_sources(specs: list[str]) -> list[Source]:
         if p.is_dir():
             inside = _folder_files(p)
             if not inside:
-                raise UserError(f"{p}: the folder holds no corpus files ({', '.join(FOLDER_SUFFIXES)})")
+                raise UserError(f"{p}: is a directory holding no corpus files "
+                                f"({', '.join('*' + x for x in FOLDER_SUFFIXES)})")
             paths += inside
         elif not p.exists() and glob.has_magic(spec):
             matched = sorted((Path(m) for m in glob.glob(spec, recursive=True) if not Path(m).is_dir()), key=str)
