@@ -14,6 +14,7 @@ import zstandard
 
 from perfkit.prep import pack_cmd as pack
 from perfkit.prep.pack_messages import ReadLines, ReadRows
+from perfkit.prep.parquet_source import plan_row_slices
 from test_pack import TRICKY, reference_pbin
 
 random.seed(14)
@@ -77,9 +78,18 @@ def test_mixed_formats_split_across_files_keep_the_order(tmp_path, expected):
 
 def test_one_big_row_group_is_cut_into_row_slices(tmp_path, expected):
     src = write(tmp_path / "one.parquet", DOCS, row_group_size=10_000)
-    assert pq.ParquetFile(src).metadata.num_row_groups == 1
-    assert run(src, "-o", tmp_path / "o.pbin", "--workers", "2", "--chunk-mb", "0.001") == 0
+    pf = pq.ParquetFile(src)
+    assert pf.metadata.num_row_groups == 1
+    slices = plan_row_slices(pf, "text", 16)          # 2 workers x 8 tasks each
+    assert len(slices) == 16 and slices[0].row_start == 0 and slices[-1].row_stop == len(DOCS)
+    assert all(a.row_stop == b.row_start for a, b in zip(slices, slices[1:]))
+    assert run(src, "-o", tmp_path / "o.pbin", "--workers", "2") == 0
     assert (tmp_path / "o.pbin").read_bytes() == expected
+    # enough row groups: never cut (a cut costs another decode of the group in another worker)
+    many = write(tmp_path / "many.parquet", DOCS, row_group_size=10)
+    groups = pq.ParquetFile(many).metadata.num_row_groups
+    assert [(s.row_group, s.row_start) for s in plan_row_slices(pq.ParquetFile(many), "text", groups)] == \
+        [(g, 0) for g in range(groups)]
 
 
 def test_parquet_tasks_stay_a_few_integers():

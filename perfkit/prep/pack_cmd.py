@@ -146,12 +146,12 @@ def _check_settings(settings: dict, chunk_mb: float | None) -> None:
         raise UserError(f"--seed must be >= 0, got {seed}")
 
 
-def _plan_source(i: int, src: Source, chunk: int, column: str, index) -> PlannedSource:
+def _plan_source(src: Source, workers: int, column: str, index) -> PlannedSource:
     label = str(src.path)
     if src.format == PARQUET:
         pf = open_parquet(label)
         check_text_column(pf, label, column)
-        return PlannedSource(label, row_slices=plan_row_slices(pf, column, chunk))
+        return PlannedSource(label, row_slices=plan_row_slices(pf, column, workers * CHUNKS_PER_WORKER))
     if src.compressed:
         return PlannedSource(label, streamed=True)
     return PlannedSource(label, size=src.size, index_lengths=index[1] if index is not None else None)
@@ -232,7 +232,7 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
     if settings["index"]:
         from perfkit.prep.index_cmd import read_raw_index
         index = read_raw_index(settings["index"], src_size=sources[0].size)   # (offsets, lengths)
-    planned = [_plan_source(i, s, chunk, ".".join(key_path), index) for i, s in enumerate(sources)]
+    planned = [_plan_source(s, workers, ".".join(key_path), index) for s in sources]
 
     # The temporary files are created and removed here only; run_pack renames the output when complete.
     with output_folder(dst):

@@ -21,6 +21,7 @@ import numpy as np
 from perfkit.errors import UserError
 
 NULL_TEXT = "text is null"
+MAX_TASK_BYTES = 64 << 20   # text per task at most: its tokens wait in the worker for their offset
 INSTALL_HINT = "parquet input needs pyarrow: pip install 'perfkit[parquet]' (or pip install pyarrow)"
 
 
@@ -68,16 +69,24 @@ class RowSlice:
     est_bytes: int      # uncompressed size of the slice's text column (progress)
 
 
-def plan_row_slices(pf, column: str, chunk_bytes: int) -> list[RowSlice]:
-    """Row groups in order, each cut into slices of about chunk_bytes of text (at least 1 row)."""
+def plan_row_slices(pf, column: str, min_tasks: int) -> list[RowSlice]:
+    """Row groups in order; cut into row slices only as far as needed to give about `min_tasks`
+    tasks in all, or to keep one task under MAX_TASK_BYTES of text.
+
+    A worker decodes a whole row group's column for any slice of it (parquet has no cheap row
+    ranges), so every extra slice can cost another decode in another worker: a file with at least
+    `min_tasks` row groups is not cut at all (each group decoded once), one with fewer is cut so
+    that every worker still has work (each decodes the groups it touches once, see RowGroupReader)."""
     md = pf.metadata
     col = pf.schema_arrow.names.index(column)
+    groups = md.num_row_groups
     slices, file_row = [], 0
-    for g in range(md.num_row_groups):
+    for g in range(groups):
         rg = md.row_group(g)
         rows = rg.num_rows
         size = max(1, rg.column(col).total_uncompressed_size)
-        pieces = int(min(rows, max(1, -(-size // chunk_bytes)))) if rows else 0
+        want = max(-(-min_tasks // max(groups, 1)), -(-size // MAX_TASK_BYTES))
+        pieces = int(min(rows, want))
         cuts = np.linspace(0, rows, pieces + 1).round().astype(np.int64) if pieces else []
         for a, b in zip(cuts[:-1], cuts[1:]):
             slices.append(RowSlice(g, int(a), int(b), file_row + int(a), size * int(b - a) // rows))
