@@ -67,13 +67,28 @@ def test_each_format_gives_the_bytes_of_one_jsonl(tmp_path, expected, name):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary copy left
 
 
-def test_mixed_formats_split_across_files_keep_the_order(tmp_path, expected):
+@pytest.mark.parametrize("per_thread", [8, 1], ids=["one-decompressor", "two-decompressors"])
+def test_mixed_formats_split_across_files_keep_the_order(tmp_path, expected, monkeypatch, per_thread):
+    # per_thread 1: two decompressing threads for 2 workers, so boundaries arrive out of source order
+    monkeypatch.setattr(pack, "WORKERS_PER_DECOMPRESSOR", per_thread)
     parts = [DOCS[:30], DOCS[30:31], DOCS[31:90], [], DOCS[90:]]
     names = ["1.jsonl.zst", "2.jsonl", "3.parquet", "4.jsonl.gz", "5.jsonl.gz"]
     srcs = [write(tmp_path / n, p) for n, p in zip(names, parts)]
     dst = tmp_path / "mixed.pbin"
     assert run(*srcs, "-o", dst, "--workers", "2", "--chunk-mb", "0.003") == 0
     assert dst.read_bytes() == expected
+
+
+@pytest.mark.slow
+def test_spawned_workers_read_parquet_and_compressed_copies(tmp_path, expected, monkeypatch):
+    # macOS starts workers with spawn: the job alone must let them find every source
+    import multiprocessing as mp
+
+    from perfkit.prep import pack_pipeline
+    monkeypatch.setattr(pack_pipeline, "_mp_context", lambda: mp.get_context("spawn"))
+    srcs = [write(tmp_path / "a.parquet", DOCS[:80]), write(tmp_path / "b.jsonl.zst", DOCS[80:])]
+    assert run(*srcs, "-o", tmp_path / "s.pbin", "--workers", "2", "--chunk-mb", "0.003") == 0
+    assert (tmp_path / "s.pbin").read_bytes() == expected
 
 
 def test_one_big_row_group_is_cut_into_row_slices(tmp_path, expected):

@@ -108,7 +108,10 @@ class Decompressors:
         for t in self.threads:
             if t.is_alive():
                 t.join(timeout=5)
-        for fd in (self.wake_r, self._wake_w):
+        # A thread still stuck in a write (a hung disk) keeps its pipe end: closing it under the
+        # thread could hand the number to another file, which its next wake-up byte would hit.
+        fds = [self.wake_r] + ([self._wake_w] if not any(t.is_alive() for t in self.threads) else [])
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:

@@ -109,7 +109,8 @@ class RowGroupReader:
         if self.cached is None or self.cached[:2] != (path, row_group):
             pf = self.files.get(path) or self.files.setdefault(path, open_parquet(path))
             try:
-                table = pf.read_row_group(row_group, columns=[self.column])
+                # use_threads=False: the workers are the parallelism; pyarrow threads would oversubscribe
+                table = pf.read_row_group(row_group, columns=[self.column], use_threads=False)
             except (pa.ArrowException, OSError) as e:
                 raise ParquetSourceError(f"{path}:row {file_row + 1}: cannot read row group {row_group}: {e}") from None
             self.cached = None  # drop the previous group before holding the next
