@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from perfkit.bench.records import append_jsonl
+from perfkit.bench.records import append_jsonl, cpu_name, git_commit
 
 FORMATS = ("jsonl", "parquet", "parquet 1k-row groups", "jsonl.gz", "jsonl.zst", "jsonl --shuffle-docs")
 
@@ -90,7 +90,8 @@ def bench_formats(corpus: Path, workers: int, rounds: int, folder: Path, run_mea
               f"{r['median_ratio_wall']:10.2f} {r['median_ratio_cpu']:10.2f}")
     print(f"outputs byte-identical to the JSONL pack: {same}")
     if json_out:
-        append_jsonl(json_out, [{"bench": "pack_formats", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        commit, dirty = git_commit()
+        append_jsonl(json_out, [{"bench": "pack_formats", "commit": commit, "dirty": dirty, "cpu": cpu_name(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "corpus": str(corpus), "workers": workers, "rounds": rounds, "machine": label,
                                  "cpus": os.cpu_count(), "arch": platform.machine(),
                                  "python": platform.python_version(), "identical": same, "best": best,
