@@ -83,3 +83,19 @@ def test_force_replaces_the_manifest_and_a_failed_pack_keeps_the_old_pair(tmp_pa
     assert (dst.read_bytes(), manifest_path(dst).read_bytes()) == before
     assert run(src, "-o", dst, "--force", "--on-bad-line", "skip") == 0
     assert read_manifest(dst).documents == 1 and read_manifest(dst).skipped == {"malformed JSON": 1}
+
+
+def test_text_bytes_equal_the_bytes_the_tokens_decode_to(tmp_path):
+    """Bits per byte divides by text_bytes: it must equal what the packed tokens decode to (EOD
+    excluded; a literal "<|endoftext|>" in a text is ordinary text and counts)."""
+    import numpy as np
+    import tiktoken
+
+    src = tmp_path / "a.jsonl"
+    src.write_bytes(b"".join(json.dumps({"text": t}).encode() + b"\n" for t in TEXTS))
+    dst = tmp_path / "a.pbin"
+    assert run(src, "-o", dst, "--workers", "2") == 0
+    enc = tiktoken.get_encoding("r50k_base")
+    ids = np.asarray(read_pbin(dst).tokens).astype(np.int64)
+    decoded = sum(len(enc.decode_single_token_bytes(int(i))) for i in ids[ids != 50256])
+    assert read_manifest(dst).text_bytes == decoded

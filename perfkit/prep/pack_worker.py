@@ -94,9 +94,9 @@ def read_entries_chunk(fd: int, offsets: np.ndarray, lengths: np.ndarray, file_s
 
 
 def utf8_bytes(texts: list[str]) -> int:
-    """UTF-8 bytes of the texts (one C call per document). A lone surrogate from a JSON escape
-    ("\\ud800") counts its 3 bytes, as tiktoken encodes it instead of failing."""
-    return sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+    """UTF-8 bytes of the texts (one C call per document). Every text encodes: msgspec refuses a
+    JSON escape of a lone surrogate (a malformed line) and arrow strings are UTF-8."""
+    return sum(len(t.encode("utf-8")) for t in texts)
 
 
 class OutputWriteError(OSError):
