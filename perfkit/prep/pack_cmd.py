@@ -253,8 +253,8 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
                 decompressors = Decompressors({i: sources[i] for i in copies}, {i: str(p) for i, p in copies.items()},
                                               chunk, max(1, workers // WORKERS_PER_DECOMPRESSOR))
             plan = TaskPlan(planned, chunk, decompressors)
-            job = PackJob(sources=tuple(WorkerSource(str(copies.get(i, s.path)), None if s.compressed else s.size,
-                                                     s.format == PARQUET) for i, s in enumerate(sources)),
+            job = PackJob(sources=tuple(WorkerSource(str(copies.get(i, s.path)), None if s.compressed else s.size)
+                                        for i, s in enumerate(sources)),
                           tmp_dst=str(tmp), tokenizer=tok.spec,
                           key_path=key_path, eod_id=eod_id, token_width=width,
                           stop_at_first_bad=settings["on_bad_line"] == "error")

@@ -3,7 +3,7 @@
 The plan (pack_plan.py) numbers the tasks of every source in (source order, task order).
 
 Flow per chunk (the messages are in pack_messages.py, which also says why they cannot deadlock):
-    main: ReadLines / ReadEntries  -> worker reads + tokenizes, keeps the tokens
+    main: ReadLines / ReadEntries / ReadRows  -> worker reads + tokenizes, keeps the tokens
     worker: Counted                -> main, in chunk order, gives it the next data offset
     main: WriteTokens              -> worker pwrite()s into the temporary .pbin, answers Written
 Memory is bounded by MAX_OUTSTANDING chunks per worker (assigned and not yet written), whatever

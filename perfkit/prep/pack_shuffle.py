@@ -8,9 +8,9 @@ How: the pipeline tokenizes the sources in order as always (sequential reads, ev
 compressed ones too) into the first temporary file; then the tokens are gathered into the second
 temporary file in permuted order. Each slice of the permuted order is one contiguous range of the
 output, filled by one vectorized gather from the memory-mapped first file and one pwrite; slices
-run on `threads` threads (numpy's take releases the GIL). Memory: 8 bytes per document for the
-token counts, offsets and permutation (no texts), plus one slice's index per thread
-(SLICE_TOKENS * 8 bytes). Disk: the data segment twice while the gather runs.
+run on `threads` threads (numpy's take releases the GIL). Memory: five int64 arrays of one entry
+per document (token counts in both orders, the permutation, source starts, output ends: 40 bytes
+per document, no texts), plus one slice's gather index per thread (SLICE_TOKENS * 8 bytes). Disk: the data segment twice while the gather runs.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ class WorkerSource:
 
     path: str               # the file to read: the source itself, or its decompressed copy
     size: int | None        # bytes; None for a copy still being written (its chunks end at a line end)
-    parquet: bool = False
 
 
 @dataclass(frozen=True)
