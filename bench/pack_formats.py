@@ -4,8 +4,9 @@ packed by the same `perfkit pack` command in one run, side by side, as throughpu
 The inputs are written first (untimed) from the same documents: parquet by pyarrow with its
 defaults (snappy, one row group per 1M rows: a corpus this size is one row group, which pack cuts
 into row slices that every worker decodes whole) and again with row groups of 1,000 rows, gzip at level 6 (gzip(1)'s default), zstd at level 3 (zstd(1)'s default). Also
-timed: the JSONL with --shuffle-docs. The rounds interleave the formats (jsonl, parquet, gz, zst,
-shuffle, jsonl, ...) so load on a shared machine hits them alike; reported: each format's best
+timed: the JSONL with --shuffle-docs. The rounds interleave the formats, each round starting one
+format later (a load that grows during a round would otherwise always hit the same formats), so
+load on a shared machine hits them alike; reported: each format's best
 round, and the median over rounds of the ratio to the JSONL run of the same round (the figure a
 machine whose load changes from minute to minute distorts least). Every
 output is checked byte-identical to the JSONL one (the shuffled one by its document count).
@@ -53,8 +54,8 @@ def bench_formats(corpus: Path, workers: int, rounds: int, folder: Path, run_mea
     best: dict[str, dict] = {}
     per_round: dict[str, list[dict]] = {f: [] for f in FORMATS}
     outputs: dict[str, bytes] = {}
-    for _ in range(rounds):
-        for fmt in FORMATS:
+    for k in range(rounds):
+        for fmt in FORMATS[k % len(FORMATS):] + FORMATS[:k % len(FORMATS)]:  # each round starts elsewhere
             shuffled = fmt.endswith("--shuffle-docs")
             dst = folder / f"{paths[fmt].name}{'.shuffled' if shuffled else ''}.pbin"
             extra = ["--shuffle-docs", "--seed", "1"] if shuffled else []
