@@ -180,3 +180,12 @@ def test_null_text_is_a_bad_row(tmp_path, capsys):
     assert f"{src}:row 5: text is null (skipped)" in out.err and "(text is null: 2)" in out.out
     ref = write(tmp_path / "abc.jsonl", ["a", "b", "c"])
     assert (tmp_path / "o.pbin").read_bytes() == reference_pbin(ref)
+
+
+def test_a_compressed_file_named_like_jsonl_is_read_as_what_it_is(tmp_path, expected):
+    # issue 14: a gzip stream named .jsonl failed as ":1: invalid UTF-8"
+    for name in ("c.jsonl.gz", "c.jsonl.zst", "c.parquet"):
+        misnamed = tmp_path / f"{name.split('.')[-1]}-inside.jsonl"
+        misnamed.write_bytes(write(tmp_path / name, DOCS).read_bytes())
+        assert run(misnamed, "-o", tmp_path / "o.pbin", "--force", "--workers", "2") == 0
+        assert (tmp_path / "o.pbin").read_bytes() == expected

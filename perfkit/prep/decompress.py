@@ -7,7 +7,7 @@ A gzip or zstd stream cannot be cut at byte offsets, so one thread per compresse
 a newline, and the pipeline turns each [previous, boundary) into the usual ReadLines task on that
 file: the workers read, decode and tokenize it in parallel exactly as a plain JSONL, so the
 output is byte-identical to packing the decompressed file. Decompression (zlib and zstd release
-the GIL) runs at several hundred MB/s, far ahead of the tokenizer, so it overlaps with the work
+the GIL) runs at a few hundred MB/s, far ahead of the tokenizer, so it overlaps with the work
 instead of preceding it. Memory: one input block and its output per thread. Disk: the
 decompressed size of every compressed source, until the pack ends (the files are removed then,
 also on failure).
@@ -31,7 +31,9 @@ import zstandard  # a dependency: no zstd in Python's standard library before 3.
 
 from perfkit.prep.sources import GZIP, Source
 
-READ_BLOCK = 256 << 10      # compressed bytes read at a time (output is a few times larger)
+# Compressed bytes read at a time. One block's output is held at once: ~3-10x for text, and
+# at most ~1,000x (64 MiB) for a deflate "bomb"; a zstd frame of repeated bytes can expand further.
+READ_BLOCK = 64 << 10
 
 
 @dataclass(frozen=True)

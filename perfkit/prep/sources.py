@@ -7,7 +7,7 @@ and the documents keep their order within and across files. The format follows t
     *.parquet, *.pq          parquet: one document per row of the text column (prep/parquet_source.py)
     *.gz                     gzip-compressed JSONL (prep/decompress.py)
     *.zst, *.zstd            zstd-compressed JSONL (prep/decompress.py)
-    anything else            JSONL
+    anything else            JSONL, unless its first bytes are a gzip, zstd or parquet signature
 
 Size and mtime are taken once, before any work, for the manifest; a file that is small enough is
 hashed too (sha256), within a total budget so that many files do not stall the start.
@@ -46,7 +46,12 @@ class Source:
         return self.format in COMPRESSED
 
 
-def source_format(path: str | os.PathLike) -> str:
+MAGIC = {b"\x1f\x8b": GZIP, b"\x28\xb5\x2f\xfd": ZSTD, b"PAR1": PARQUET}
+
+
+def source_format(path: str | os.PathLike, head: bytes = b"") -> str:
+    """By the name; a file named like JSONL whose first bytes (`head`) are a gzip, zstd or
+    parquet signature is read as what it is (it would fail as `:1: invalid UTF-8` otherwise)."""
     name = Path(path).name.lower()
     if name.endswith((".parquet", ".pq")):
         return PARQUET
@@ -54,7 +59,7 @@ def source_format(path: str | os.PathLike) -> str:
         return GZIP
     if name.endswith((".zst", ".zstd")):
         return ZSTD
-    return JSONL
+    return next((fmt for magic, fmt in MAGIC.items() if head.startswith(magic)), JSONL)
 
 
 def _folder_files(folder: Path) -> list[Path]:
@@ -88,7 +93,9 @@ def expand_sources(specs: list[str]) -> list[Source]:
     for path in paths:
         check_input_file(path)
         st = path.stat()
-        sources.append(Source(path, source_format(path), st.st_size, st.st_mtime_ns))
+        with open(path, "rb") as f:
+            head = f.read(4)
+        sources.append(Source(path, source_format(path, head), st.st_size, st.st_mtime_ns))
     return sources
 
 
