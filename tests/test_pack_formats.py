@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from perfkit.formats.pbin import read_pbin
 from perfkit.prep import pack_cmd as pack
 from perfkit.prep.pack_messages import ReadLines, ReadRows
 from perfkit.prep.parquet_source import plan_row_slices
@@ -189,3 +190,20 @@ def test_a_compressed_file_named_like_jsonl_is_read_as_what_it_is(tmp_path, expe
         misnamed.write_bytes(write(tmp_path / name, DOCS).read_bytes())
         assert run(misnamed, "-o", tmp_path / "o.pbin", "--force", "--workers", "2") == 0
         assert (tmp_path / "o.pbin").read_bytes() == expected
+
+
+@pytest.mark.parametrize("name", ["c.jsonl.gz", "c.parquet"])
+def test_a_converted_tokenizer_is_checked_on_the_first_documents_of_any_format(tmp_path, capsys, name):
+    # the corpus sample of prep/tokenizer_sample.py, taken from a compressed or parquet first source:
+    # a split regex that drops '@' passes the load-time checks and only the corpus shows it
+    from hf_tokenizers import llama3_style_bpe, reference_ids
+
+    folder = llama3_style_bpe(tmp_path / "gappy", split_regex=r"[^@\s]+|\s+")
+    texts = ["mail me at someone@example.org", "no at-sign here"]
+    src = write(tmp_path / name, texts)
+    dst = tmp_path / "o.pbin"
+    assert pack.main([str(src), "-o", str(dst), "--tokenizer", str(folder), "--eod-token", "<|end_of_text|>",
+                      "--no-progress"]) == 0
+    assert "corpus document 0" in capsys.readouterr().err
+    ids = reference_ids(folder, texts)
+    assert read_pbin(dst).doc_tokens(0)[:-1].tolist() == list(ids[0])
