@@ -58,13 +58,16 @@ def _new_decompressor(fmt: str):
     return zlib.decompressobj(wbits=31) if fmt == GZIP else zstandard.ZstdDecompressor().decompressobj()
 
 
-class _Truncated(Exception):
-    pass
+class TruncatedStream(Exception):
+    """The file ends in the middle of a gzip member or zstd frame."""
+
+
+STREAM_ERRORS = (TruncatedStream, zlib.error, zstandard.ZstdError)   # what a broken file raises
 
 
 def iter_decompressed(path: str, fmt: str):
     """Yield the decompressed bytes of a gzip / zstd file (several concatenated members or frames
-    too). Raises _Truncated at a stream that ends mid-member, zlib.error / ZstdError if corrupt."""
+    too). Raises TruncatedStream at a stream that ends mid-member, zlib.error / ZstdError if corrupt."""
     with open(path, "rb") as f:
         d, started = _new_decompressor(fmt), False
         while True:
@@ -80,7 +83,7 @@ def iter_decompressed(path: str, fmt: str):
                     break
                 block, d, started = d.unused_data, _new_decompressor(fmt), False  # next member
         if started and not d.eof:
-            raise _Truncated()
+            raise TruncatedStream()
 
 
 class Decompressors:
@@ -167,7 +170,7 @@ class Decompressors:
                             self._post(Boundary(i, cut, end, False))
                             cut = end
             self._post(Boundary(i, cut, written, True))
-        except _Truncated:
+        except TruncatedStream:
             self._post(StreamFailed(i, f"{src.path}:{lines + 1}: truncated {kind} stream "
                                        "(the file ends in the middle of compressed data)"))
         except (zlib.error, zstandard.ZstdError) as e:

@@ -27,7 +27,7 @@ from pathlib import Path
 from perfkit.errors import UserError
 from perfkit.formats.pbin_manifest import PbinManifest, manifest_path, write_manifest
 from perfkit.prep.cli_paths import check_input_file, check_output_path, output_folder
-from perfkit.prep.decompress import Decompressors, iter_decompressed
+from perfkit.prep.decompress import STREAM_ERRORS, Decompressors, iter_decompressed
 from perfkit.prep.jsonl import TextExtractor, extract_texts, parse_text_key, split_lines
 from perfkit.prep.pack_config import load_pack_config
 from perfkit.prep.pack_pipeline import PackAborted, PackFailed, PackStats, run_pack
@@ -173,7 +173,7 @@ def _first_texts(src: Source, key_path: tuple[str, ...]) -> list[str]:
             body += piece
             if len(body) >= SAMPLE_BYTES:
                 break
-    except Exception:  # truncated or corrupt: the decompressing thread names it with its line
+    except STREAM_ERRORS:  # truncated or corrupt: the decompressing thread names it with its line
         pass
     body = body[:body.rfind(b"\n") + 1]
     texts, _good, _bad = extract_texts(split_lines(body, 0), TextExtractor(key_path), stop_at_first_bad=False)
