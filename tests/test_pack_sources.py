@@ -44,6 +44,10 @@ def test_files_in_the_order_given(tmp_path, corpus, capsys):
     assert dst.read_bytes() == reference_pbin(concat(tmp_path, c, a, b))
     out = capsys.readouterr().out
     assert f"  {c}: 7 documents" in out and f"  {b}: 40 documents" in out and "packed 50 documents" in out
+    # sources on both sides of the flags, as a shell glob expands them
+    assert pack.main([str(c), "-o", str(tmp_path / "x.pbin"), str(a), "--tokenizer", "gpt2", str(b),
+                      "--no-progress"]) == 0
+    assert (tmp_path / "x.pbin").read_bytes() == dst.read_bytes()
 
 
 def test_a_folder_and_a_glob_expand_in_sorted_order(tmp_path, corpus):

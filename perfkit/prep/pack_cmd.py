@@ -303,7 +303,8 @@ def _raise_terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # intermixed: sources may come before and after the flags (`pack a.jsonl -o X b.jsonl`)
+    args = build_parser().parse_intermixed_args(argv)
     # From here on SIGTERM unwinds like Ctrl-C: workers stopped, temporary file removed.
     # (The only SIGTERM handler of pack: the pipeline installs none of its own.)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
