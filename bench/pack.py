@@ -4,6 +4,7 @@
     python -m perfkit.bench.pack --index-docs 10000000      (the .pbin index codec vs pickle)
     python -m perfkit.bench.pack --hf-tokenizer gpt2 --hf-tokenizer metaspace   (bench/pack_hf.py:
         pack with a tokenizer.json vs the tokenizers library's encode_batch, same texts, same cores)
+    python -m perfkit.bench.pack --formats [--repeat K]     (JSONL vs parquet, .gz, .zst: bench/pack_formats.py)
 
 Both sides run in their own fresh process, one after the other, so peak memory is measured per side:
 - tiktoken: the texts are read and JSON-decoded first (untimed), then only
@@ -181,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hf-tokenizer", action="append", metavar="gpt2|metaspace|PATH",
                     help="instead: pack with this tokenizer.json vs the tokenizers library (repeatable)")
     ap.add_argument("--eod-token", help="with --hf-tokenizer PATH: the EOD token (default <|endoftext|>)")
+    ap.add_argument("--formats", action="store_true",
+                    help="instead: the corpus as JSONL, parquet, .jsonl.gz, .jsonl.zst, packed side by side")
+    ap.add_argument("--machine", default=f"{os.cpu_count()}-CPU {platform.machine()}",
+                    help="how --formats names the machine in its output and JSON record")
     args = ap.parse_args(argv)
     if json_path_problem(args.json):
         ap.error(json_path_problem(args.json))
@@ -201,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         size = corpus.stat().st_size
         if args.hf_tokenizer:
             return _hf_main(args, corpus, size, Path(tmp))
+        if args.formats:
+            # imported here: pack_formats needs pyarrow, an optional dependency (perfkit[parquet])
+            from perfkit.bench.pack_formats import bench_formats
+            return bench_formats(corpus, args.workers, args.rounds, Path(tmp), run_measured, args.json,
+                                 args.machine)
         r = measure(corpus, args.workers, args.rounds)
 
     b, p = r["baseline"], r["pack"]

@@ -1,8 +1,10 @@
 """`perfkit inspect FILE.pbin [--tokenizer TOK] [--doc I] [--json]`: describe and verify a .pbin.
 
 Prints the header, token width, document and token counts, document length statistics, one
-document (decoded when a tokenizer is given) and an integrity verdict. Works on perfkit's and
-Modalities' files alike. Exit code 0: intact; 1: broken or unreadable.
+document (decoded when a tokenizer is given), the manifest `FILE.pbin.json` when there is one
+(tokenizer, sources, text bytes, skipped lines; a stale or damaged one is reported and not used)
+and an integrity verdict. Works on perfkit's and Modalities' files alike (a Modalities file has no
+manifest). Exit code 0: intact; 1: broken or unreadable (a bad manifest alone does not fail it).
 
 `perfkit inspect FILE --windows S ...` (the training sample order a rank receives) lives in
 perfkit/data/inspect_windows_cmd.py; this command hands such calls over unchanged.
@@ -14,13 +16,16 @@ import argparse
 import json
 import sys
 
+import msgspec
 import numpy as np
 
 from perfkit.formats.pbin import HEADER_SIZE, PbinError, PbinFile, read_pbin
+from perfkit.formats.pbin_manifest import ManifestError, PbinManifest, manifest_path, read_manifest
 from perfkit.prep.tokenizer import DEFAULT_EOD, TokenizerError, TokenizerSpec, resolve_tokenizer
 
 SCAN_TOKENS = 1 << 24     # tokens per step when scanning the whole data segment (bounded memory)
 SHOW_CHARS = 600
+SHOW_SOURCES = 10         # sources listed in the text report (all of them in --json)
 
 
 def integrity_problems(pb: PbinFile, eod_id: int | None, n_vocab: int | None) -> list[str]:
@@ -79,9 +84,47 @@ def describe(pb: PbinFile, tokenizer=None, doc: int | None = None, eod_token: st
             shown["text"] = text if len(text) <= SHOW_CHARS else text[:SHOW_CHARS] + " [...]"
         report["document"] = shown
     problems = integrity_problems(pb, eod_id, tokenizer.n_vocab if tokenizer is not None else None)
+    report.update(manifest_report(pb))
     report["problems"] = problems
     report["verdict"] = "ok" if not problems else "problems"
     return report
+
+
+def manifest_report(pb: PbinFile) -> dict:
+    """{"manifest": its fields or None, "manifest_problem": why it is not used, or None}."""
+    try:
+        manifest = read_manifest(pb.path)
+    except ManifestError as e:
+        return {"manifest": None, "manifest_problem": str(e)}
+    if manifest is None:
+        return {"manifest": None, "manifest_problem": None}
+    problem = None
+    if (manifest.documents, manifest.tokens, manifest.token_width) != (pb.num_docs, pb.num_tokens, pb.token_width):
+        problem = (f"{manifest_path(pb.path)}: says {manifest.documents:,} documents, {manifest.tokens:,} tokens, "
+                   f"width {manifest.token_width}; the .pbin has {pb.num_docs:,}, {pb.num_tokens:,}, {pb.token_width}")
+    return {"manifest": msgspec.to_builtins(manifest), "manifest_problem": problem}
+
+
+def _print_manifest(r: dict) -> None:
+    if r.get("manifest_problem"):
+        print(f"manifest:    NOT USED: {r['manifest_problem']}")
+    if not r.get("manifest"):
+        if not r.get("manifest_problem"):
+            print("manifest:    none (a .pbin from Modalities or an older perfkit)")
+        return
+    m = msgspec.convert(r["manifest"], PbinManifest)
+    print(f"manifest:    {manifest_path(r['path']).name}, perfkit {m.perfkit_version or '?'}")
+    print(f"  tokenizer: {m.tokenizer.describe()}")
+    print(f"  text:      {m.text_bytes:,} UTF-8 bytes, {m.bytes_per_token:.3f} bytes/token"
+          + (f", shuffled with seed {m.shuffle_seed}" if m.shuffle_seed is not None else ""))
+    skipped = ", ".join(f"{k}: {v}" for k, v in sorted(m.skipped.items())) or "none"
+    print(f"  skipped:   {skipped}")
+    print(f"  sources:   {len(m.sources)}")
+    for s in m.sources[:SHOW_SOURCES]:
+        print(f"    {s.path} ({s.format}, {s.size:,} bytes, {s.documents:,} documents"
+              + (f", sha256 {s.sha256[:12]}" if s.sha256 else "") + ")")
+    if len(m.sources) > SHOW_SOURCES:
+        print(f"    ... {len(m.sources) - SHOW_SOURCES} more (--json lists them all)")
 
 
 def _print_text(r: dict) -> None:
@@ -98,6 +141,7 @@ def _print_text(r: dict) -> None:
         print(f"document {d['index']}: {d['tokens']:,} tokens, first ids {d['first_ids']}")
         if "text" in d:
             print(f"  decoded ({r['tokenizer']}): {d['text']!r}")
+    _print_manifest(r)
     verdict = "ok" if not r["problems"] else "PROBLEMS: " + "; ".join(r["problems"])
     checked = "header, sizes, index" + (", EOD, vocabulary" if r["tokenizer"] else "")
     print(f"integrity:   {verdict} (checked {checked})")

@@ -20,6 +20,7 @@ ALLOWED = {
     "perfkit/prep/pack_config.py": "Python 3.10",
     "perfkit/prep/pack_cmd.py": "read_raw_index",      # pack <-> rawindex import each other (issue 13 item 4)
     "perfkit/prep/index_cmd.py": "default_workers",
+    "perfkit/prep/parquet_source.py": "optional dependency",   # pyarrow: perfkit[parquet], ~50 MB
     "perfkit/inspect_cmd.py": "imported here: it needs torch",
     "kernels/interpreter_compat.py": "TRITON_INTERPRET=1 only",
     "kernels/rms_norm.py": "must not import triton",
@@ -28,6 +29,7 @@ ALLOWED = {
     "bench/bench_cmd.py": "stays torch-free",
     "bench/records.py": "torch-free",
     "bench/kernels.py": "triton",
+    "bench/pack.py": "optional dependency",
     "bench/train.py": "do not load torch",
 }
 

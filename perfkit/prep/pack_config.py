@@ -1,13 +1,15 @@
 """`perfkit pack --config FILE.toml`: the seed's tokenization_config settings as TOML.
 
     [settings]
-    src_path = "data/raw/corpus.jsonl"
+    src_path = "data/raw/corpus.jsonl"            # or a list of files, folders, globs (perfkit extra)
     dst_path = "data/preprocessed/corpus.pbin"
     index_path = "data/preprocessed/corpus.idx"   # optional
     jq_pattern = ".text"                          # or text_key = "text"
     num_cpus = 8
     eod_token = "<|endoftext|>"
     on_bad_line = "error"                         # perfkit extra: error | skip
+    shuffle_docs = false                          # perfkit extra: permute the documents ...
+    seed = 0                                      # ... with this seed
 
     [tokenizer]
     name = "gpt2"                                 # or a path: tokenizer folder / tokenizer.json / .model / .tiktoken
@@ -39,7 +41,7 @@ from perfkit.prep.jsonl import parse_text_key
 
 
 class PackSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    src_path: str | None = None
+    src_path: str | list[str] | None = None
     dst_path: str | None = None
     index_path: str | None = None
     jq_pattern: str | None = None
@@ -48,6 +50,8 @@ class PackSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     eod_token: str | None = None
     on_bad_line: Literal["error", "skip"] | None = None
     token_width: Literal[1, 2, 4] | None = None
+    shuffle_docs: bool | None = None
+    seed: int | None = None
     processing_batch_size: int | None = None        # Modalities knobs: accepted, ignored
     raw_samples_queue_size: int | None = None
     processed_samples_queue_size: int | None = None
@@ -118,6 +122,10 @@ class PackFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             key = getattr(s, name)
             if key is not None:
                 parse_text_key(key, f"$.settings.{name}")
+        if isinstance(s.src_path, list) and not s.src_path:
+            raise ValueError("$.settings.src_path must not be an empty list")
+        if s.seed is not None and s.seed < 0:
+            raise ValueError(f"$.settings.seed must be >= 0, got {s.seed}")
         if s.eod_token == "":
             raise ValueError("$.settings.eod_token must not be empty")
 

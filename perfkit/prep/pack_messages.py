@@ -1,15 +1,18 @@
 """The messages between `perfkit pack`'s main process and its workers: one small type per kind.
 
 One duplex pipe per worker. Main -> worker:
-    ReadLines(cid, start, end)       a byte range of the JSONL: read and tokenize its lines
+    ReadLines(cid, start, end, src)  a byte range of JSONL source src (or of the decompressed copy of
+                                     a .gz / .zst source): read and tokenize its lines
+    ReadRows(cid, src, row_group, row_start, row_stop, file_row)
+                                     rows of a parquet source's row group (prep/parquet_source.py)
     ReadEntries(cid, first, stop)    raw-index entries [first, stop) (--index); the worker holds
                                      the index itself, so the message is a few integers
     WriteTokens(cid, data_offset)    chunk cid's tokens go to this offset of the data segment
     Stop()
 Worker -> main:
-    Counted(cid, num_lines, num_bytes, doc_tokens, bad)   tokens held until their offset arrives
+    Counted(cid, num_lines, num_bytes, doc_tokens, bad, text_bytes)   tokens held until their offset arrives
     Written(cid)
-    Failed(cid, detail, output_write)
+    Failed(cid, detail, output_write, complete)
 
 Why it cannot deadlock: every main -> worker message is a few integers (well under 1 KiB pickled)
 and a worker has at most MAX_OUTSTANDING chunks assigned and unwritten, each costing one task and
@@ -32,6 +35,17 @@ class ReadLines:
     cid: int
     start: int     # byte offsets into the JSONL; the chunk owns the lines that start in [start, end)
     end: int
+    src: int = 0   # the source's position on the command line (PackJob.sources)
+
+
+@dataclass(frozen=True)
+class ReadRows:
+    cid: int
+    src: int
+    row_group: int
+    row_start: int     # rows [row_start, row_stop) of the row group
+    row_stop: int
+    file_row: int      # the file's row number of row_start (0-based), for `path:row N` messages
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,7 @@ class Counted:
     num_bytes: int                 # JSONL bytes it covered (progress)
     doc_tokens: np.ndarray         # (num_docs,) int64 tokens per document, EOD included
     bad: list[tuple[int, str]]     # (line index within the chunk, reason), in order
+    text_bytes: int = 0            # UTF-8 bytes of the packed documents' texts (bits per byte)
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ class Failed:
     cid: int
     detail: str            # one line for expected errors, a traceback for a bug
     output_write: bool     # True: writing the output failed (its disk), not reading the input
+    complete: bool = False  # detail is the whole user-facing line (`path:row N: reason`)
 
 
-Task = ReadLines | ReadEntries
+Task = ReadLines | ReadEntries | ReadRows

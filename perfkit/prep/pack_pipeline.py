@@ -1,13 +1,16 @@
-"""The parallel pack pipeline: plan chunks, drive the workers, assign offsets in order, finish the file.
+"""The parallel pack pipeline: drive the workers over the plan, assign offsets in order, finish the file.
+
+The plan (pack_plan.py) numbers the tasks of every source in (source order, task order).
 
 Flow per chunk (the messages are in pack_messages.py, which also says why they cannot deadlock):
-    main: ReadLines / ReadEntries  -> worker reads + tokenizes, keeps the tokens
+    main: ReadLines / ReadEntries / ReadRows  -> worker reads + tokenizes, keeps the tokens
     worker: Counted                -> main, in chunk order, gives it the next data offset
     main: WriteTokens              -> worker pwrite()s into the temporary .pbin, answers Written
 Memory is bounded by MAX_OUTSTANDING chunks per worker (assigned and not yet written), whatever
 the corpus size; the main process keeps only per-document token counts (8 bytes per document)
 for the index it writes at the end. The temporary file (created and removed by pack.py) is
 fsynced and renamed only when complete; any failure or Ctrl-C stops the workers.
+With --shuffle-docs the documents are permuted after tokenization (pack_shuffle.py).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import numpy as np
 
 from perfkit.atomic import fsync_dir
 from perfkit.prep.jsonl import BadLineReport
-from perfkit.prep.pack_messages import (Counted, Failed, ReadEntries, ReadLines, Stop, Task, WriteTokens,
-                                        Written)
+from perfkit.prep.pack_messages import Counted, Failed, ReadRows, Stop, Task, WriteTokens, Written
+from perfkit.prep.pack_plan import TaskPlan, plan_byte_chunks, plan_index_chunks  # noqa: F401 (re-exported)
+from perfkit.prep.pack_shuffle import shuffle_documents
 from perfkit.prep.pack_worker import PackJob, pwrite_all, worker_main
 from perfkit.formats.pbin import HEADER_SIZE, encode_header, iter_index_pickle
 
@@ -53,34 +57,23 @@ class PackStats:
     lines: int = 0
     bytes_in: int = 0
     seconds: float = 0.0
+    text_bytes: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    source_documents: list[int] = field(default_factory=list)   # per source, in command-line order
+    source_tokens: list[int] = field(default_factory=list)
+    source_skipped: list[int] = field(default_factory=list)
+    source_labels: list[str] = field(default_factory=list)
     tokenizer_label: str = ""
     token_width: int = 0
     eod_id: int = -1
 
 
-def plan_byte_chunks(size: int, chunk_bytes: int) -> list[ReadLines]:
-    return [ReadLines(cid, s, min(s + chunk_bytes, size))
-            for cid, s in enumerate(range(0, size, chunk_bytes))]
-
-
-def plan_index_chunks(lengths: np.ndarray, chunk_bytes: int) -> list[ReadEntries]:
-    """Consecutive raw-index entries grouped to about chunk_bytes of JSONL each."""
-    if lengths.size == 0:
-        return []
-    covered = np.cumsum(lengths + 1)  # JSONL bytes up to and including each entry
-    targets = np.arange(chunk_bytes, int(covered[-1]) + chunk_bytes, chunk_bytes)
-    cuts = np.minimum(np.searchsorted(covered, targets) + 1, lengths.size)
-    bounds = np.unique(np.concatenate([[0], cuts, [lengths.size]]))
-    pairs = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    return [ReadEntries(cid, a, b) for cid, (a, b) in enumerate(pairs)]
-
-
 class _Progress:
-    def __init__(self, total_bytes: int, enabled: bool):
+    def __init__(self, total_bytes: int | None, enabled: bool, sources: int = 1):
         self.total, self.enabled = total_bytes, enabled
         self.tty = enabled and sys.stderr.isatty()
         self.t0 = self.last = time.monotonic()
+        self.sources, self.current = sources, 0
 
     def update(self, st: PackStats, force: bool = False) -> None:
         now = time.monotonic()
@@ -90,9 +83,12 @@ class _Progress:
         self.last = now
         dt = max(now - self.t0, 1e-9)
         rate = st.bytes_in / dt
-        eta = (self.total - st.bytes_in) / rate if rate > 0 else float("nan")
-        msg = (f"pack: {st.documents:,} docs  {st.bytes_in / 1e6:,.1f}/{self.total / 1e6:,.1f} MB  "
-               f"{rate / 1e6:,.1f} MB/s  {st.tokens / dt / 1e6:,.2f}M tok/s  ETA {eta:,.0f}s")
+        of = f"/{self.total / 1e6:,.1f}" if self.total is not None else ""
+        eta = ((self.total - st.bytes_in) / rate if rate > 0 else float("nan")) if self.total is not None else None
+        files = f"file {self.current + 1}/{self.sources}  " if self.sources > 1 else ""
+        msg = (f"pack: {files}{st.documents:,} docs  {st.bytes_in / 1e6:,.1f}{of} MB  "
+               f"{rate / 1e6:,.1f} MB/s  {st.tokens / dt / 1e6:,.2f}M tok/s"
+               + (f"  ETA {eta:,.0f}s" if eta is not None else ""))
         # On a terminal one line is rewritten in place (padded so a shorter line leaves no residue).
         print(("\r" + msg.ljust(100)) if self.tty else msg, end="" if self.tty else "\n", file=sys.stderr,
               flush=True)
@@ -107,19 +103,22 @@ def _mp_context():
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def run_pack(job: PackJob, tasks: list[Task], dst: Path, tokenizer, workers: int, *, src_label: str,
-             index: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True) -> PackStats:
-    """Tokenize `tasks` with `workers` processes into job.tmp_dst, then rename it to dst.
+def run_pack(job: PackJob, plan: TaskPlan, dst: Path, tokenizer, workers: int, *, labels: list[str],
+             index: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
+             shuffle: tuple[int, str] | None = None) -> PackStats:
+    """Tokenize the plan's tasks with `workers` processes into job.tmp_dst, then rename it to dst.
 
-    index: the raw index's (offsets, lengths) when the tasks are ReadEntries (--index); forked
-    workers share it, spawned ones get a copy."""
-    stats = PackStats()
+    labels: each source's path as given (messages). index: the raw index's (offsets, lengths)
+    when the tasks are ReadEntries (--index); forked workers share it, spawned ones get a copy.
+    shuffle: (seed, second temporary path): the documents are permuted into that file."""
+    n_src = len(labels)
+    stats = PackStats(source_documents=[0] * n_src, source_tokens=[0] * n_src, source_skipped=[0] * n_src)
     t0 = time.monotonic()
     ctx = _mp_context()
-    workers = max(1, min(workers, len(tasks) or 1))
+    if plan.complete:
+        workers = max(1, min(workers, len(plan.tasks) or 1))
     procs, conns = [], []
-    total = int(index[1].sum()) if index is not None else sum(t.end - t.start for t in tasks)
-    meter = _Progress(total, progress)
+    meter = _Progress(plan.known_bytes(), progress, n_src)
     try:
         for _ in range(workers):
             parent, child = ctx.Pipe(duplex=True)
@@ -130,14 +129,21 @@ def run_pack(job: PackJob, tasks: list[Task], dst: Path, tokenizer, workers: int
             child.close()
             procs.append(p)
             conns.append(parent)
-        doc_tokens = _drive(job, tasks, procs, conns, stats, meter, src_label, index, str(dst))
+        if plan.decompressors is not None:
+            plan.decompressors.start()   # after the fork: no worker inherits a running thread
+        doc_tokens = _drive(job, plan, procs, conns, stats, meter, labels, index, str(dst))
         for c in conns:
             c.send(Stop())
         for p in procs:
             p.join(timeout=30)
         try:
-            _finish_file(job, doc_tokens, stats)
-            os.replace(job.tmp_dst, dst)
+            final = job.tmp_dst
+            if shuffle is not None:
+                doc_tokens = [shuffle_documents(job.tmp_dst, shuffle[1], doc_tokens, job.token_width,
+                                                shuffle[0], threads=workers)]
+                final = shuffle[1]
+            _finish_file(final, job.token_width, doc_tokens, stats)
+            os.replace(final, dst)
             fsync_dir(dst.parent)
         except OSError as e:  # disk full or an I/O error on the output's filesystem
             raise PackFailed(f"{dst}: cannot write the output: {e.strerror or e}; nothing was written") from None
@@ -159,20 +165,23 @@ def _worker_died(p) -> PackFailed:
     return PackFailed(f"pack worker {p.pid} died ({_describe_exit(p.exitcode)}); nothing was written")
 
 
-def _drive(job: PackJob, tasks: list[Task], procs, conns, stats: PackStats, meter: _Progress, src_label: str,
+def _drive(job: PackJob, plan: TaskPlan, procs, conns, stats: PackStats, meter: _Progress, labels: list[str],
            index: tuple[np.ndarray, np.ndarray] | None, dst_label: str) -> list[np.ndarray]:
     """The main loop: dispatch, collect counts in order, hand out offsets. Returns the per-chunk
     (num_docs,) token counts in input order."""
     n_workers = len(procs)
+    tasks = plan.tasks                         # grows while compressed sources are decompressed
     owner: dict[int, int] = {}                 # chunk id -> worker index
     outstanding = [set() for _ in range(n_workers)]
     counted: dict[int, Counted] = {}           # arrived out of order, waiting for their turn
     doc_tokens: list[np.ndarray] = []
+    lines_before = [0] * len(labels)           # lines (rows) of each source already counted
     next_task = next_in_order = written = 0
     data_offset = 0
     report = BadLineReport(job.stop_at_first_bad, stats.skipped)
     sentinel_of = {p.sentinel: i for i, p in enumerate(procs)}
     conn_of = {id(c): i for i, c in enumerate(conns)}
+    wake = [plan.decompressors.wake_r] if plan.decompressors is not None else []
 
     def send(w: int, msg) -> None:
         try:
@@ -180,15 +189,19 @@ def _drive(job: PackJob, tasks: list[Task], procs, conns, stats: PackStats, mete
         except OSError:  # broken pipe: the worker is gone
             raise _worker_died(procs[w]) from None
 
-    while written < len(tasks):
+    while not (plan.complete and written == len(tasks)):
+        plan.advance()
         for w in range(n_workers):  # keep every worker busy, within its memory bound
             while next_task < len(tasks) and len(outstanding[w]) < MAX_OUTSTANDING:
                 send(w, tasks[next_task])
                 owner[next_task] = w
                 outstanding[w].add(next_task)
                 next_task += 1
-        ready = wait(conns + list(sentinel_of), timeout=PROGRESS_EVERY_S)
+        ready = wait(conns + list(sentinel_of) + wake, timeout=PROGRESS_EVERY_S)
         for obj in ready:
+            if wake and obj == wake[0]:
+                plan.decompressors.drain_wake()
+                continue
             if obj in sentinel_of:
                 raise _worker_died(procs[sentinel_of[obj]])
             w = conn_of[id(obj)]
@@ -199,7 +212,10 @@ def _drive(job: PackJob, tasks: list[Task], procs, conns, stats: PackStats, mete
             if isinstance(msg, Failed):
                 if msg.output_write:  # pwrite into the output failed: the problem is DST's disk, not SRC
                     raise PackFailed(f"{dst_label}: cannot write the output: {msg.detail}; nothing was written")
-                raise PackFailed(f"{src_label}: pack worker failed on chunk {msg.cid}: {msg.detail}")
+                if msg.complete:
+                    raise PackFailed(msg.detail)
+                label = labels[plan.task_src[msg.cid]] if 0 <= msg.cid < len(tasks) else labels[0]
+                raise PackFailed(f"{label}: pack worker failed on chunk {msg.cid}: {msg.detail}")
             if isinstance(msg, Written):
                 outstanding[w].discard(msg.cid)
                 written += 1
@@ -207,27 +223,37 @@ def _drive(job: PackJob, tasks: list[Task], procs, conns, stats: PackStats, mete
             counted[msg.cid] = msg
             while next_in_order in counted:  # offsets are handed out strictly in input order
                 res = counted.pop(next_in_order)
+                task, src = tasks[next_in_order], plan.task_src[next_in_order]
+                meter.current = src
                 for line_idx, reason in res.bad:
-                    report.add(_where(src_label, index, stats.lines + line_idx, tasks[next_in_order], line_idx),
-                               reason)
+                    report.add(_where(labels[src], index, lines_before[src] + line_idx, task, line_idx), reason)
                 n_tok = int(res.doc_tokens.sum())
                 send(owner[next_in_order], WriteTokens(next_in_order, data_offset))
                 data_offset += n_tok * job.token_width
                 doc_tokens.append(res.doc_tokens)
-                stats.documents += int(res.doc_tokens.shape[0])
+                n_docs = int(res.doc_tokens.shape[0])
+                stats.documents += n_docs
                 stats.tokens += n_tok
                 stats.lines += res.num_lines
                 stats.bytes_in += res.num_bytes
+                stats.text_bytes += res.text_bytes
+                stats.source_documents[src] += n_docs
+                stats.source_tokens[src] += n_tok
+                stats.source_skipped[src] += len(res.bad)
+                lines_before[src] += res.num_lines
                 next_in_order += 1
         meter.update(stats)
     return doc_tokens
 
 
-def _where(src_label: str, index, global_line0: int, task: Task, line_idx: int) -> str:
+def _where(label: str, index, line0: int, task: Task, line_idx: int) -> str:
+    """line0: the bad line's (row's) 0-based number within its source."""
+    if isinstance(task, ReadRows):
+        return f"{label}:row {line0 + 1}"
     if index is not None:
         off = int(index[0][task.first + line_idx])
-        return f"{src_label}: index entry {global_line0 + 1} (byte offset {off})"
-    return f"{src_label}:{global_line0 + 1}"
+        return f"{label}: index entry {line0 + 1} (byte offset {off})"
+    return f"{label}:{line0 + 1}"
 
 
 def _describe_exit(code) -> str:
@@ -241,14 +267,13 @@ def _describe_exit(code) -> str:
     return f"exit code {code}"
 
 
-def _finish_file(job: PackJob, doc_tokens: list[np.ndarray], stats: PackStats) -> None:
+def _finish_file(path: str, width: int, doc_tokens: list[np.ndarray], stats: PackStats) -> None:
     """Header + index pickle after the data segment, then fsync (covers the workers' writes too:
     fsync flushes the file, not the descriptor)."""
-    width = job.token_width
     lengths = (np.concatenate(doc_tokens) if doc_tokens else np.zeros(0, np.int64)) * width
     offsets = np.cumsum(lengths) - lengths
     data_len = stats.tokens * width
-    fd = os.open(job.tmp_dst, os.O_WRONLY)
+    fd = os.open(path, os.O_WRONLY)
     try:
         os.ftruncate(fd, HEADER_SIZE + data_len)  # a zero-document corpus wrote nothing at all
         pos = HEADER_SIZE + data_len

@@ -1,4 +1,8 @@
-"""The pack worker process: read a chunk of the JSONL itself, tokenize it, write it in place.
+"""The pack worker process: read a chunk of a source itself, tokenize it, write it in place.
+
+A chunk is a byte range of a JSONL file (or of the decompressed copy of a .gz / .zst source,
+prep/decompress.py), raw-index entries (--index), or rows of a parquet row group
+(prep/parquet_source.py).
 
 The messages it exchanges with the main process are in pack_messages.py (tokens never cross a
 pipe). The main process learns the chunk's size first, assigns offsets in input order, and each
@@ -16,17 +20,25 @@ import numpy as np
 
 from perfkit.errors import UserError
 from perfkit.prep.jsonl import LineChunk, TextExtractor, extract_texts, read_line_chunk
-from perfkit.prep.pack_messages import Counted, Failed, ReadLines, Stop, WriteTokens, Written
+from perfkit.prep.pack_messages import Counted, Failed, ReadLines, ReadRows, Stop, WriteTokens, Written
+from perfkit.prep.parquet_source import ParquetSourceError, RowGroupReader
 from perfkit.formats.pbin import HEADER_SIZE, token_dtype
 from perfkit.prep.tokenizer import TokenizerSpec, resolve_tokenizer
+
+
+@dataclass(frozen=True)
+class WorkerSource:
+    """One source as a worker reads it."""
+
+    path: str               # the file to read: the source itself, or its decompressed copy
+    size: int | None        # bytes; None for a copy still being written (its chunks end at a line end)
 
 
 @dataclass(frozen=True)
 class PackJob:
     """Everything a worker needs (picklable for spawn-started workers)."""
 
-    src: str
-    src_size: int
+    sources: tuple[WorkerSource, ...]   # in command-line order; tasks name them by position
     tmp_dst: str
     tokenizer: TokenizerSpec
     key_path: tuple[str, ...]
@@ -80,6 +92,12 @@ def read_entries_chunk(fd: int, offsets: np.ndarray, lengths: np.ndarray, file_s
     return chunk
 
 
+def utf8_bytes(texts: list[str]) -> int:
+    """UTF-8 bytes of the texts (one C call per document). Every text encodes: msgspec refuses a
+    JSON escape of a lone surrogate (a malformed line) and arrow strings are UTF-8."""
+    return sum(len(t.encode("utf-8")) for t in texts)
+
+
 class OutputWriteError(OSError):
     """Writing the output failed (disk full, quota, I/O error): the message names the output."""
 
@@ -100,7 +118,8 @@ def worker_main(conn, job: PackJob, tokenizer=None, index: tuple[np.ndarray, np.
         tok = tokenizer or resolve_tokenizer(job.tokenizer)
         encode_batch = tok.worker_encoder()
         extractor = TextExtractor(job.key_path)
-        src_fd = os.open(job.src, os.O_RDONLY)
+        rows = RowGroupReader(".".join(job.key_path))
+        src_fds: dict[int, int] = {}   # source position -> descriptor, opened on first use
         dst_fd = os.open(job.tmp_dst, os.O_WRONLY)
         pending: dict[int, np.ndarray] = {}  # chunk id -> tokens awaiting their offset
         inbox: list = []
@@ -122,29 +141,45 @@ def worker_main(conn, job: PackJob, tokenizer=None, index: tuple[np.ndarray, np.
                     raise OutputWriteError(e.errno, e.strerror or str(e)) from e
                 conn.send(Written(cid))
                 continue
-            if isinstance(msg, ReadLines):
-                chunk = read_line_chunk(src_fd, msg.start, msg.end, job.src_size)
-                covered = min(msg.end, job.src_size) - msg.start
-            else:  # ReadEntries
-                offsets, lengths = index[0][msg.first:msg.stop], index[1][msg.first:msg.stop]
-                chunk = read_entries_chunk(src_fd, offsets, lengths, job.src_size)
-                covered = int(lengths.sum())
-            texts, _good, bad = extract_texts(chunk, extractor, job.stop_at_first_bad)
+            src_index = getattr(msg, "src", 0)   # ReadEntries (--index): the one source
+            source = job.sources[src_index]
+            if isinstance(msg, ReadRows):
+                texts, bad, text_bytes = rows.read(source.path, msg.row_group, msg.row_start, msg.row_stop,
+                                                   msg.file_row)
+                num_lines, covered = msg.row_stop - msg.row_start, text_bytes
+            else:
+                if src_index not in src_fds:
+                    src_fds[src_index] = os.open(source.path, os.O_RDONLY)
+                fd = src_fds[src_index]
+                if isinstance(msg, ReadLines):
+                    size = msg.end if source.size is None else source.size
+                    chunk = read_line_chunk(fd, msg.start, msg.end, size)
+                    covered = min(msg.end, size) - msg.start
+                else:  # ReadEntries
+                    offsets, lengths = index[0][msg.first:msg.stop], index[1][msg.first:msg.stop]
+                    chunk = read_entries_chunk(fd, offsets, lengths, source.size)
+                    covered = int(lengths.sum())
+                texts, _good, bad = extract_texts(chunk, extractor, job.stop_at_first_bad)
+                num_lines = chunk.num_lines
+                text_bytes = utf8_bytes(texts)
             if bad and job.stop_at_first_bad:
                 tokens, doc_tokens = np.zeros(0, token_dtype(job.token_width)), np.zeros(0, np.int64)
             else:
                 tokens, doc_tokens = tokenize_texts(texts, encode_batch, job.eod_id, job.token_width,
                                                      tok.eod_unless_last)
             pending[cid] = tokens
-            conn.send(Counted(cid, chunk.num_lines, covered, doc_tokens, bad))
+            conn.send(Counted(cid, num_lines, covered, doc_tokens, bad, text_bytes))
         os.close(dst_fd)
-        os.close(src_fd)
+        for fd in src_fds.values():
+            os.close(fd)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass  # the main process is gone or stopping us: nothing to report to
     except BaseException as e:
         try:
+            complete = isinstance(e, ParquetSourceError)   # names its file and row itself
             detail = (e.strerror if isinstance(e, OutputWriteError) else
-                      str(e) if isinstance(e, (TokenOverflowError, OSError)) else traceback.format_exc())
-            conn.send(Failed(cid, detail, isinstance(e, OutputWriteError)))
+                      str(e) if isinstance(e, (TokenOverflowError, OSError, ParquetSourceError))
+                      else traceback.format_exc())
+            conn.send(Failed(cid, detail, isinstance(e, OutputWriteError), complete))
         except (OSError, EOFError):
             pass

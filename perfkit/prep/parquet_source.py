@@ -1,0 +1,161 @@
+"""Parquet sources for `perfkit pack`: one document per row of the text column.
+
+The main process reads only the footer (schema, row groups, sizes) to check the text column and
+to plan tasks: a row group, or a slice of one when it holds much more text than a chunk (so a file
+with one huge row group still keeps every worker busy). A worker reads its row group's text
+column with pyarrow (`iter_batches(row_groups=[i], columns=[text_key])`: one row group, one
+column, in batches, never the whole file or even the whole group in memory). A null text is a bad row (`path:row N: text is null`, N counted from 1 over the
+whole file), under the same --on-bad-line policy as a bad JSONL line.
+
+pyarrow is the optional dependency `perfkit[parquet]` (its wheel is ~50 MB; JSONL users do not need
+it): it is imported inside the functions below, only when a parquet source is packed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from perfkit.errors import UserError
+
+NULL_TEXT = "text is null"
+BATCH_ROWS = 1024           # rows a worker decodes at a time (a few MB of FineWeb-sized documents)
+MAX_TASK_BYTES = 64 << 20   # text per task at most: its tokens wait in the worker for their offset
+INSTALL_HINT = "parquet input needs pyarrow: pip install 'perfkit[parquet]' (or pip install pyarrow)"
+
+
+class ParquetSourceError(UserError):
+    """A parquet file that cannot be read; the message names the file (and the row)."""
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.compute
+        import pyarrow.parquet
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    return pyarrow
+
+
+def open_parquet(path: str):
+    pa = _pyarrow()
+    try:
+        return pa.parquet.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ParquetSourceError(f"{path}: not a readable parquet file ({e})") from None
+
+
+def check_text_column(pf, path: str, column: str) -> None:
+    """UserError unless `column` is a string column of the file."""
+    pa = _pyarrow()
+    schema = pf.schema_arrow
+    names = schema.names
+    ok = column in names and any(check(schema.field(column).type) for check in (
+        pa.types.is_string, pa.types.is_large_string, getattr(pa.types, "is_string_view", lambda t: False)))
+    if not ok:
+        found = ", ".join(f"{n} ({schema.field(n).type})" for n in names) or "none"
+        raise ParquetSourceError(f"{path}: no string column {column!r} (columns: {found}); "
+                                 "name the text column with --text-key")
+
+
+@dataclass(frozen=True)
+class RowSlice:
+    row_group: int
+    row_start: int      # within the row group
+    row_stop: int
+    file_row: int       # the file's row number of row_start (0-based), for messages
+    est_bytes: int      # uncompressed size of the slice's text column (progress)
+
+
+def plan_row_slices(pf, column: str, min_tasks: int) -> list[RowSlice]:
+    """Row groups in order; cut into row slices only as far as needed to give about `min_tasks`
+    tasks in all, or to keep one task under MAX_TASK_BYTES of text.
+
+    A worker decodes a row group's column from its first row up to the end of its slice (parquet
+    has no cheap row ranges), so every extra cut can cost another pass over the group in another
+    worker: a file with at least `min_tasks` row groups is not cut at all (each group decoded
+    once), one with fewer is cut so that every worker still has work (each decodes a group it
+    touches at most once, see RowGroupReader)."""
+    md = pf.metadata
+    col = pf.schema_arrow.names.index(column)
+    groups = md.num_row_groups
+    slices, file_row = [], 0
+    for g in range(groups):
+        rg = md.row_group(g)
+        rows = rg.num_rows
+        size = max(1, rg.column(col).total_uncompressed_size)
+        want = max(-(-min_tasks // max(groups, 1)), -(-size // MAX_TASK_BYTES))
+        pieces = int(min(rows, want))
+        cuts = np.linspace(0, rows, pieces + 1).round().astype(np.int64) if pieces else []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            slices.append(RowSlice(g, int(a), int(b), file_row + int(a), size * int(b - a) // rows))
+        file_row += rows
+    return slices
+
+
+class _GroupStream:
+    """Batches of one row group's text column, read forward: `pos` is the group row of buf[0]."""
+
+    def __init__(self, pf, path: str, row_group: int, column: str):
+        self.key = (path, row_group)
+        # use_threads=False: the workers are the parallelism; pyarrow threads would oversubscribe
+        self.batches = pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[row_group], columns=[column],
+                                       use_threads=False)
+        self.pos, self.buf = 0, None
+
+    def take(self, start: int, stop: int) -> list:
+        """Arrays covering group rows [start, stop); start >= self.pos."""
+        parts = []
+        while start < stop:
+            if self.buf is None:
+                self.buf = next(self.batches).column(0)   # StopIteration: fewer rows than the footer said
+            end = self.pos + len(self.buf)
+            if start < end:
+                a, b = start - self.pos, min(stop, end) - self.pos
+                parts.append(self.buf.slice(a, b - a))
+                start = self.pos + b
+            if start >= end:   # this batch is used up (or skipped: rows of another worker's slice)
+                self.pos, self.buf = end, None
+        return parts
+
+
+class RowGroupReader:
+    """A worker's view of the parquet sources: the text of a row slice, with the null rows.
+
+    A worker's slices of a row group come in increasing order (tasks are sent in order), so it
+    streams the group forward in batches of BATCH_ROWS rows, decoding the rows before its slice
+    and dropping them: memory is one batch, not the row group, and each worker decodes each group
+    at most once. A slice behind the stream's position starts the group again."""
+
+    def __init__(self, column: str):
+        self.column = column
+        self.files: dict[str, object] = {}
+        self.stream: _GroupStream | None = None
+
+    def read(self, path: str, row_group: int, row_start: int, row_stop: int, file_row: int
+             ) -> tuple[list[str], list[tuple[int, str]], int]:
+        """(texts of the non-null rows, [(row index in the slice, reason)], UTF-8 bytes of the texts)."""
+        pa = _pyarrow()
+        try:
+            if self.stream is None or self.stream.key != (path, row_group) or self.stream.pos > row_start:
+                pf = self.files.get(path) or self.files.setdefault(path, open_parquet(path))
+                self.stream = _GroupStream(pf, path, row_group, self.column)
+            parts = self.stream.take(row_start, row_stop)
+        except (pa.ArrowException, OSError, StopIteration) as e:
+            self.stream = None
+            why = str(e) or "fewer rows than its footer says"
+            raise ParquetSourceError(f"{path}:row {file_row + 1}: cannot read row group {row_group}: {why}") from None
+        arr = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+        bad: list[tuple[int, str]] = []
+        if arr.null_count:
+            nulls = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))
+            bad = [(int(i), NULL_TEXT) for i in nulls]
+            arr = arr.drop_null()
+        text_bytes = pa.compute.sum(pa.compute.binary_length(arr)).as_py() or 0
+        try:
+            texts = arr.to_pylist()
+        except UnicodeDecodeError as e:  # parquet does not promise valid UTF-8 in a string column
+            raise ParquetSourceError(f"{path}:row {file_row + 1}: invalid UTF-8 in row group {row_group} ({e})") from None
+        return texts, bad, int(text_bytes)

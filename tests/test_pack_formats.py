@@ -1,0 +1,209 @@
+"""The same documents as JSONL, .jsonl.gz, .jsonl.zst or parquet, or split across files of mixed
+formats, pack to the same bytes as one JSONL (issue 14); a broken file of each format stops with
+`path:line|row: reason`, exit 1, and leaves nothing behind."""
+
+import gzip
+import json
+import pickle
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from perfkit.formats.pbin import read_pbin
+from perfkit.prep import pack_cmd as pack
+from perfkit.prep.pack_messages import ReadLines, ReadRows
+from perfkit.prep.parquet_source import plan_row_slices
+from test_pack import TRICKY, reference_pbin
+
+random.seed(14)
+DOCS = [r["text"] for r in TRICKY if "text" in r] + [
+    "".join(random.choice("abc é東😀\n ") for _ in range(random.randint(0, 300))) for _ in range(150)]
+
+
+def run(*args):
+    return pack.main([*map(str, args), "--tokenizer", "gpt2", "--no-progress"])
+
+
+def jsonl_bytes(texts):
+    return b"".join(json.dumps({"text": t, "id": i}, ensure_ascii=False).encode() + b"\n" for i, t in enumerate(texts))
+
+
+def write(path, texts, row_group_size=40):
+    """texts in the format that path's name says (gzip/zstd in two members/frames, parquet with
+    several row groups and an extra column)."""
+    body = jsonl_bytes(texts)
+    half = body.rfind(b"\n", 0, len(body) // 2) + 1
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(body[:half]) + gzip.compress(body[half:]))
+    elif path.name.endswith(".zst"):
+        c = zstandard.ZstdCompressor()
+        path.write_bytes(c.compress(body[:half]) + c.compress(body[half:]))
+    elif path.name.endswith(".parquet"):
+        pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), path, row_group_size=row_group_size)
+    else:
+        path.write_bytes(body)
+    return path
+
+
+def no_output_left(folder, dst):
+    return not dst.exists() and not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture
+def expected(tmp_path_factory):
+    """The reference .pbin of DOCS as one JSONL (json.loads + tiktoken + pickle, test_pack.py)."""
+    return reference_pbin(write(tmp_path_factory.mktemp("ref") / "all.jsonl", DOCS))
+
+
+@pytest.mark.parametrize("name", ["c.jsonl.gz", "c.jsonl.zst", "c.parquet", "c.jsonl"])
+def test_each_format_gives_the_bytes_of_one_jsonl(tmp_path, expected, name):
+    src = write(tmp_path / name, DOCS)
+    dst = tmp_path / "out.pbin"
+    # tiny chunks: many tasks, boundaries inside the compressed streams and the row groups
+    assert run(src, "-o", dst, "--workers", "2", "--chunk-mb", "0.002") == 0
+    assert dst.read_bytes() == expected
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary copy left
+
+
+@pytest.mark.parametrize("per_thread", [8, 1], ids=["one-decompressor", "two-decompressors"])
+def test_mixed_formats_split_across_files_keep_the_order(tmp_path, expected, monkeypatch, per_thread):
+    # per_thread 1: two decompressing threads for 2 workers, so boundaries arrive out of source order
+    monkeypatch.setattr(pack, "WORKERS_PER_DECOMPRESSOR", per_thread)
+    parts = [DOCS[:30], DOCS[30:31], DOCS[31:90], [], DOCS[90:]]
+    names = ["1.jsonl.zst", "2.jsonl", "3.parquet", "4.jsonl.gz", "5.jsonl.gz"]
+    srcs = [write(tmp_path / n, p) for n, p in zip(names, parts)]
+    dst = tmp_path / "mixed.pbin"
+    assert run(*srcs, "-o", dst, "--workers", "2", "--chunk-mb", "0.003") == 0
+    assert dst.read_bytes() == expected
+
+
+@pytest.mark.slow
+def test_spawned_workers_read_parquet_and_compressed_copies(tmp_path, expected, monkeypatch):
+    # macOS starts workers with spawn: the job alone must let them find every source
+    import multiprocessing as mp
+
+    from perfkit.prep import pack_pipeline
+    monkeypatch.setattr(pack_pipeline, "_mp_context", lambda: mp.get_context("spawn"))
+    srcs = [write(tmp_path / "a.parquet", DOCS[:80]), write(tmp_path / "b.jsonl.zst", DOCS[80:])]
+    assert run(*srcs, "-o", tmp_path / "s.pbin", "--workers", "2", "--chunk-mb", "0.003") == 0
+    assert (tmp_path / "s.pbin").read_bytes() == expected
+
+
+def test_one_big_row_group_is_cut_into_row_slices(tmp_path, expected):
+    src = write(tmp_path / "one.parquet", DOCS, row_group_size=10_000)
+    pf = pq.ParquetFile(src)
+    assert pf.metadata.num_row_groups == 1
+    slices = plan_row_slices(pf, "text", 16)          # 2 workers x 8 tasks each
+    assert len(slices) == 16 and slices[0].row_start == 0 and slices[-1].row_stop == len(DOCS)
+    assert all(a.row_stop == b.row_start for a, b in zip(slices, slices[1:]))
+    assert run(src, "-o", tmp_path / "o.pbin", "--workers", "2") == 0
+    assert (tmp_path / "o.pbin").read_bytes() == expected
+    # enough row groups: never cut (a cut costs another decode of the group in another worker)
+    many = write(tmp_path / "many.parquet", DOCS, row_group_size=10)
+    groups = pq.ParquetFile(many).metadata.num_row_groups
+    assert [(s.row_group, s.row_start) for s in plan_row_slices(pq.ParquetFile(many), "text", groups)] == \
+        [(g, 0) for g in range(groups)]
+
+
+def test_parquet_tasks_stay_a_few_integers():
+    # the no-deadlock property of pack_messages.py holds for the new task kinds too
+    assert len(pickle.dumps(ReadRows(2**40, 2**20, 2**30, 2**40, 2**40, 2**50))) < 512
+    assert len(pickle.dumps(ReadLines(2**40, 2**50, 2**50, 2**20))) < 512
+
+
+def _truncated(path, fmt):
+    full = write(path.with_name("full." + fmt), DOCS * 40)   # several zstd blocks, not one
+    data = full.read_bytes()
+    full.unlink()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("fmt,kind", [("jsonl.gz", "gzip"), ("jsonl.zst", "zstd")])
+def test_truncated_stream_names_file_and_line(tmp_path, capsys, fmt, kind):
+    src = _truncated(tmp_path / f"t.{fmt}", fmt)
+    dst = tmp_path / "o.pbin"
+    assert run(src, "-o", dst, "--workers", "2", "--on-bad-line", "skip") == 1
+    err = capsys.readouterr().err
+    line = err.split(f"{src}:")[1].split(":")[0]
+    assert line.isdigit() and 1 < int(line) < len(DOCS) * 40 and f": truncated {kind} stream" in err
+    assert no_output_left(tmp_path, dst)
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("n.jsonl.gz", b"plain text, not gzip\n", "corrupt gzip stream"),
+    ("n.jsonl.zst", b"plain text, not zstd\n", "corrupt zstd stream"),
+])
+def test_not_compressed_at_all(tmp_path, capsys, name, content, reason):
+    src = tmp_path / name
+    src.write_bytes(content)
+    assert run(src, "-o", tmp_path / "o.pbin") == 1
+    assert f"{src}:1: {reason}" in capsys.readouterr().err
+    assert no_output_left(tmp_path, tmp_path / "o.pbin")
+
+
+def test_corrupt_gzip_crc(tmp_path, capsys):
+    src = write(tmp_path / "c.jsonl.gz", DOCS)
+    data = bytearray(src.read_bytes())
+    data[-6] ^= 0xFF   # the last member's CRC-32 (the 8-byte trailer is CRC-32, then the size)
+    src.write_bytes(bytes(data))
+    assert run(src, "-o", tmp_path / "o.pbin") == 1
+    assert "corrupt gzip stream" in capsys.readouterr().err
+    assert no_output_left(tmp_path, tmp_path / "o.pbin")
+
+
+def test_bad_parquet_files(tmp_path, capsys):
+    good = write(tmp_path / "g.parquet", DOCS)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[:-100])
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "nocol.parquet")
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "int.parquet")
+    cases = {cut: f"{cut}: not a readable parquet file",
+             tmp_path / "nocol.parquet": f"{tmp_path / 'nocol.parquet'}: no string column 'text' (columns: body (string))",
+             tmp_path / "int.parquet": f"{tmp_path / 'int.parquet'}: no string column 'text' (columns: text (int64))"}
+    for src, message in cases.items():
+        assert run(good, src, "-o", tmp_path / "o.pbin") == 1
+        assert message in capsys.readouterr().err
+        assert no_output_left(tmp_path, tmp_path / "o.pbin")
+
+
+def test_null_text_is_a_bad_row(tmp_path, capsys):
+    src = tmp_path / "null.parquet"
+    pq.write_table(pa.table({"text": ["a", "b", None, "c", None]}), src, row_group_size=2)
+    assert run(src, "-o", tmp_path / "o.pbin") == 1
+    assert f"{src}:row 3: text is null" in capsys.readouterr().err
+    assert no_output_left(tmp_path, tmp_path / "o.pbin")
+    assert run(src, "-o", tmp_path / "o.pbin", "--on-bad-line", "skip") == 0
+    out = capsys.readouterr()
+    assert f"{src}:row 5: text is null (skipped)" in out.err and "(text is null: 2)" in out.out
+    ref = write(tmp_path / "abc.jsonl", ["a", "b", "c"])
+    assert (tmp_path / "o.pbin").read_bytes() == reference_pbin(ref)
+
+
+def test_a_compressed_file_named_like_jsonl_is_read_as_what_it_is(tmp_path, expected):
+    # issue 14: a gzip stream named .jsonl failed as ":1: invalid UTF-8"
+    for name in ("c.jsonl.gz", "c.jsonl.zst", "c.parquet"):
+        misnamed = tmp_path / f"{name.split('.')[-1]}-inside.jsonl"
+        misnamed.write_bytes(write(tmp_path / name, DOCS).read_bytes())
+        assert run(misnamed, "-o", tmp_path / "o.pbin", "--force", "--workers", "2") == 0
+        assert (tmp_path / "o.pbin").read_bytes() == expected
+
+
+@pytest.mark.parametrize("name", ["c.jsonl.gz", "c.parquet"])
+def test_a_converted_tokenizer_is_checked_on_the_first_documents_of_any_format(tmp_path, capsys, name):
+    # the corpus sample of prep/tokenizer_sample.py, taken from a compressed or parquet first source:
+    # a split regex that drops '@' passes the load-time checks and only the corpus shows it
+    from hf_tokenizers import llama3_style_bpe, reference_ids
+
+    folder = llama3_style_bpe(tmp_path / "gappy", split_regex=r"[^@\s]+|\s+")
+    texts = ["mail me at someone@example.org", "no at-sign here"]
+    src = write(tmp_path / name, texts)
+    dst = tmp_path / "o.pbin"
+    assert pack.main([str(src), "-o", str(dst), "--tokenizer", str(folder), "--eod-token", "<|end_of_text|>",
+                      "--no-progress"]) == 0
+    assert "corpus document 0" in capsys.readouterr().err
+    ids = reference_ids(folder, texts)
+    assert read_pbin(dst).doc_tokens(0)[:-1].tolist() == list(ids[0])
