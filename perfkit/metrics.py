@@ -206,12 +206,14 @@ class MetricsLogger:
             parts.append(f"{label} {'n/a' if value is None else fmt.format(value)}")
         return " | ".join(parts)
 
-    def close(self, quiet: bool = False) -> None:
-        """Flush and close; quiet: after a failed write, ignore further errors (already reported)."""
+    def close(self, quiet: bool = False, exit_code: int | None = None) -> None:
+        """Flush and close; quiet: after a failed write, ignore further errors (already reported).
+        exit_code: the run's (W&B marks a run with a non-zero one as failed); default 1 when quiet, else 0."""
         tb, jsonl, self._tb, self._jsonl = self._tb, self._jsonl, None, None
         wandb, self._wandb = self._wandb, None
         if wandb is not None:
-            wandb.close(**({"timeout": 10.0} if quiet else {}))  # bounded wait; W&B problems are warnings
+            code = exit_code if exit_code is not None else int(quiet)
+            wandb.close(exit_code=code, **({"timeout": 10.0} if quiet else {}))  # bounded; W&B problems are warnings
         try:
             if tb is not None:
                 tb.close()

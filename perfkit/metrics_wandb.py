@@ -94,6 +94,7 @@ class WandbWriter:
         self.run_config = run_config
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_RECORDS)
         self._dropped = 0
+        self._exit_code = 0                     # set by close() before it queues _STOP
         self._initialized = threading.Event()  # init returned (a run, or a warning)
         self._thread = threading.Thread(target=self._work, name="perfkit-wandb", daemon=True)
         self._thread.start()
@@ -110,10 +111,12 @@ class WandbWriter:
                 _warn(f"{_QUEUE_RECORDS:,} records are waiting for W&B; records are dropped for W&B until it "
                       f"catches up (TensorBoard and metrics.jsonl keep them)")
 
-    def close(self, timeout: float = _CLOSE_TIMEOUT_S) -> None:
-        """Let the thread log what is queued and finish the W&B run, waiting at most `timeout` s."""
+    def close(self, timeout: float = _CLOSE_TIMEOUT_S, exit_code: int = 0) -> None:
+        """Let the thread log what is queued and finish the W&B run with the run's exit code (143 after
+        SIGTERM: W&B shows it as not finished cleanly), waiting at most `timeout` s."""
         if not self._thread.is_alive():
             return
+        self._exit_code = exit_code  # read by the thread after it takes _STOP from the queue
         if not self._initialized.is_set():  # e.g. W&B unreachable: init retries until its init_timeout
             timeout = min(timeout, _CLOSE_BEFORE_INIT_S)
         deadline = time.monotonic() + timeout
@@ -148,7 +151,7 @@ class WandbWriter:
                 failed = True
         if run is not None:
             try:
-                run.finish(exit_code=0)
+                run.finish(exit_code=self._exit_code)
             except Exception as e:  # noqa: BLE001
                 _warn(f"finishing the run failed ({_reason(e)})")
 

@@ -270,3 +270,12 @@ def test_offline_run_files_hold_the_scalars_and_config_and_a_resume_continues_th
     expected = records(run_dir, "val")
     assert [r["step"] for r in val_rows] == [r["step"] for r in expected] == [4, 6]
     assert [r["val/bpb"] for r in val_rows] == pytest.approx([r["val_bpb"] for r in expected], rel=1e-6)
+
+
+@pytest.mark.parametrize("close_kwargs,code", [({}, 0), ({"exit_code": 143}, 143), ({"quiet": True}, 1)])
+def test_the_wandb_run_ends_with_the_runs_exit_code(tmp_path, fake, close_kwargs, code):
+    # 143: preempted by SIGTERM (saved, to be resumed); quiet: the close after a failed metrics write
+    log = _logger(tmp_path / "exp")
+    log.log(1, TRAIN)
+    log.close(**close_kwargs)
+    assert fake.calls[-1] == ("finish", code)

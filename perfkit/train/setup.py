@@ -241,12 +241,14 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | 
             _write_run_folder(env, run_dir, resolved)
             device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else None
             metrics = loop.open_metrics(cfg.metrics, run_dir, env, plan.max_steps, parts.progress.step, resolved)
+            rc = 1  # what W&B is told if the loop raises
             try:
                 parts.preemption = preemption
-                return loop.train(parts, plan, cfg.training, env, metrics, cfg.metrics.log_every,
-                                  peak_flops(device_name))
+                rc = loop.train(parts, plan, cfg.training, env, metrics, cfg.metrics.log_every,
+                                peak_flops(device_name))
+                return rc
             finally:
-                metrics.close()
+                metrics.close(exit_code=rc)
         finally:
             parts.loader.close()
     finally:
