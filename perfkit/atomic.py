@@ -9,6 +9,7 @@ file is removed and the destination is untouched.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,3 +53,19 @@ def write_atomic(path: str | os.PathLike, content: bytes | Iterable[bytes]) -> N
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
         for piece in ([content] if isinstance(content, (bytes, bytearray, memoryview)) else content):
             f.write(piece)
+
+
+def replace_folder(new: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Put the complete folder `new` at `dest` (same filesystem), replacing what was there: the old
+    folder is renamed aside, `new` renamed in, the parent fsynced, then the old one removed. A crash
+    leaves either the old folder at `dest` or the new one, and at most a leftover `DEST.replaced`
+    (the checkpoint layout's cleanup knows that name)."""
+    new, dest = Path(new), Path(dest)
+    old = dest.with_name(dest.name + ".replaced") if dest.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(dest, old)
+    os.rename(new, dest)
+    fsync_dir(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -18,6 +18,7 @@ from perfkit.errors import UserError
 from perfkit.model import GPT
 from perfkit.train import float8
 from perfkit.train.memory_estimate import estimate_memory
+from test_activation_checkpoint import _saved_bytes
 from test_first_gpu_run import CPU_DEBUG, world_of_one  # noqa: F401 (fixture)
 
 Float8Linear = pytest.importorskip("torchao.float8.float8_linear").Float8Linear
@@ -254,23 +255,12 @@ def test_memory_estimate_counts_float8_gathered_weights():
 def test_float8_saves_what_the_unconverted_model_saves(recipe):
     """The estimate's activations term is float8-blind because torchao's linear saves its
     high-precision input and weight, as F.linear does: eager, the saved bytes are equal."""
-    def saved_bytes(model, idx, targets) -> int:
-        total = [0]
-
-        def pack(t):
-            total[0] += t.numel() * t.element_size()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = model(idx, targets)
-        loss.backward()
-        return total[0]
-
     torch.manual_seed(0)
     ref = GPT(tiny(ffn_hidden=64))
     f8 = copy.deepcopy(ref)
     assert len(float8.convert_block_linears(f8, on(float8_recipe=recipe, float8_min_features=16))) == 8
     idx, targets = torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32))
-    assert saved_bytes(f8, idx, targets) == saved_bytes(ref, idx, targets) > 0
+    assert _saved_bytes(f8, idx, targets) == _saved_bytes(ref, idx, targets) > 0
 
 
 @pytest.mark.parametrize("mode,recomputed", [("none", 0), ("op", 0), ("full", 8)])

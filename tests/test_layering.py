@@ -34,8 +34,10 @@ ALLOWED = [
     ("perfkit.metrics_wandb", ("perfkit.config", "perfkit.atomic", "perfkit.errors")),
     ("perfkit.metrics", ("perfkit.metrics_wandb", "perfkit.config", "perfkit.atomic", "perfkit.errors")),
     ("perfkit.plot_cmd", ("perfkit.errors",)),
-    # the HF export writes the tokenizer the data was packed with: it resolves it as pack does
-    ("perfkit.checkpoint.hf_tokenizer", ("perfkit.prep.tokenizer", "perfkit.formats", "perfkit.errors")),
+    # the HF export writes the tokenizer the data was packed with: it resolves it as pack does (and
+    # shares its GPT-2 byte alphabet)
+    ("perfkit.checkpoint.hf_tokenizer", ("perfkit.prep.tokenizer", "perfkit.prep.tokenizer_convert", "perfkit.formats",
+                                         "perfkit.errors")),
     ("perfkit.checkpoint", ("perfkit.checkpoint", "perfkit.model", "perfkit.formats", "perfkit.config",
                             "perfkit.atomic", "perfkit.errors", "perfkit.ranks")),
     # bits per byte needs the bytes of each token id of the tokenizer that packed the val files;

@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from perfkit.atomic import fsync_dir
+from perfkit.atomic import fsync_dir, replace_folder
 from perfkit.checkpoint import layout
 from perfkit.checkpoint.export import DTYPES, load_export, read_model_tensors, refuse_output_inside
 from perfkit.checkpoint.hf_files import MAX_SHARD_BYTES, write_weights
@@ -98,22 +98,11 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike, *, tokenizer: s
             os.chmod(f, mode)  # safetensors creates 0600 files; a served or published folder is read by others
             _fsync(f)
         fsync_dir(tmp)
-        _replace_folder(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"folder": out, "architecture": ARCHITECTURES[arch], "files": files,
             "tokenizer": f"{tok_source.kind} {tok_source.name} (from {tok_source.origin})"}
-
-
-def _replace_folder(new: Path, out: Path) -> None:
-    old = out.with_name(f".{out.name}.{os.getpid()}.old") if out.exists() else None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out, old)
-    os.rename(new, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _file_mode() -> int:

@@ -35,6 +35,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from perfkit.errors import UserError
 from perfkit.formats.pbin_manifest import TokenizerRecord, read_manifest
 from perfkit.prep.tokenizer import TokenizerError, TokenizerSpec, resolve_tokenizer
+from perfkit.prep.tokenizer_convert import byte_to_unicode
 
 # text the converted tokenizer must encode exactly as tiktoken does before it is written
 _CHECK_TEXT = ("Hello, world! It's 2024: 3.14159 and 1,000,000 tokens.\n\n\tTabs  and   spaces   \n"
@@ -51,20 +52,6 @@ class TokenizerSource:
     eod_id: int | None     # the end-of-document token (from the manifest; None: find it by name)
     bos_id: int | None
     origin: str            # "--tokenizer" or the manifest's path
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table: printable Latin-1 bytes map to themselves, the
-    other 68 (control bytes, space, DEL, NBSP, soft hyphen ...) to U+0100 onwards in byte order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 def oniguruma_pattern(pattern: str) -> str:
@@ -84,7 +71,7 @@ def tiktoken_to_hf_json(encoding: tiktoken.Encoding) -> dict:
     if ranks is None or pattern is None or specials is None:
         raise UserError(f"this tiktoken version does not expose the ranks of {encoding.name}; "
                         "pass a tokenizer.json with --tokenizer")
-    to_char = _bytes_to_unicode()
+    to_char = byte_to_unicode()
 
     def text(token: bytes) -> str:
         return "".join(to_char[b] for b in token)

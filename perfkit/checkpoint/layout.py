@@ -27,7 +27,7 @@ import re
 import shutil
 import zlib
 from pathlib import Path
-from perfkit.atomic import fsync_dir
+from perfkit.atomic import fsync_dir, replace_folder
 from perfkit.errors import UserError
 
 MARKER = "COMPLETE"
@@ -154,15 +154,7 @@ def write_manifest_and_commit(partial: Path, final: Path, entries: dict[str, dic
     _write_synced(partial / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     _write_synced(partial / MARKER, json.dumps({"manifest_sha256": _sha256(partial / MANIFEST)}))
     fsync_dir(partial)
-    old = None
-    if final.exists():
-        old = final.with_name(final.name + ".replaced")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    os.rename(partial, final)
-    fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(partial, final)
 
 
 def verify(folder: Path, names: list[str] | None = None) -> list[str]:
