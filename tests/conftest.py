@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import isolation
+
 # Triton reads TRITON_INTERPRET when it is first imported, and any test module may import it first
 # (torchao does, for test_float8): set it before all of them, so the interpreted kernel tests work
 # in any order. Without CUDA nothing else runs Triton code; the CPU ops run the reference.
@@ -34,3 +36,14 @@ def write_jsonl(tmp_path):
         path.write_bytes(body)
         return path
     return write
+
+
+def pytest_runtest_protocol(item, nextitem):
+    """Modules marked `isolated` (transformers) run in a child pytest; see tests/isolation.py."""
+    return isolation.run_isolated(item)
+
+
+def pytest_runtest_logreport(report):
+    if isolation.in_child():
+        isolation.record_child_report(report)
+

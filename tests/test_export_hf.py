@@ -12,6 +12,7 @@ import tiktoken
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 
+from isolation import child_import
 from perfkit.checkpoint import Checkpointer
 from perfkit.checkpoint.hf_export import export_hf
 from perfkit.checkpoint.hf_mapping import hf_architecture
@@ -22,7 +23,8 @@ from perfkit.errors import UserError
 from perfkit.model import GPT, padded_vocab_size
 from perfkit.prep.tokenizer import _builtin_definition  # a built-in's split regex without its ranks
 
-transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.isolated  # transformers runs in a child process: tests/isolation.py
+transformers = child_import("transformers")
 
 # GPT-2's vocabulary (50257 tokens, padded to 50304 rows), 2 layers, 64 wide
 LLAMA_CFG = ModelConfig(vocab_size=50257, sequence_length=64, n_layer=2, n_embd=64, n_head_q=4, n_head_kv=2,

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from isolation import child_import
 from perfkit.checkpoint import Checkpointer, CheckpointError
 from perfkit.checkpoint.hf_export import export_hf
 from perfkit.config import CheckpointConfig, Config, ModelConfig
@@ -21,7 +22,8 @@ from perfkit.model import GPT
 from perfkit.train.setup import check_outputs
 from test_export_hf import tiny_tokenizer_json
 
-transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.isolated  # transformers runs in a child process: tests/isolation.py
+transformers = child_import("transformers")
 
 # 301 tokens (tiny_tokenizer_json), 320 rows after padding
 LLAMA_CFG = ModelConfig(vocab_size=301, sequence_length=64, n_layer=2, n_embd=64, n_head_q=4, n_head_kv=2,
