@@ -7,8 +7,9 @@ A gzip or zstd stream cannot be cut at byte offsets, so one thread per compresse
 a newline, and the pipeline turns each [previous, boundary) into the usual ReadLines task on that
 file: the workers read, decode and tokenize it in parallel exactly as a plain JSONL, so the
 output is byte-identical to packing the decompressed file. Decompression (zlib and zstd release
-the GIL) runs at a few hundred MB/s, far ahead of the tokenizer, so it overlaps with the work
-instead of preceding it. Memory: one input block and its output per thread. Disk: the
+the GIL) runs many times faster than the tokenizer, so it overlaps with the work
+instead of preceding it. Memory: one 64 KiB input block and at most 4 MiB of output per
+thread, whatever the compression ratio (a "bomb" included). Disk: the
 decompressed size of every compressed source, until the pack ends (the files are removed then,
 also on failure).
 
@@ -31,10 +32,10 @@ import zstandard  # a dependency: no zstd in Python's standard library before 3.
 
 from perfkit.prep.sources import GZIP, Source
 
-# Compressed bytes read at a time. One block's output is held at once: ~3-10x for text, and
-# at most ~1,000x (64 MiB) for a deflate "bomb"; a zstd frame of repeated bytes can expand further.
+# Compressed bytes read at a time, and the most decompressed bytes produced (and held) at once:
+# memory stays bounded for any input, a deflate or zstd "bomb" (GBs from a few KB) included.
 READ_BLOCK = 64 << 10
-
+OUT_BLOCK = 4 << 20
 
 @dataclass(frozen=True)
 class Boundary:
@@ -53,11 +54,6 @@ class StreamFailed:
     message: str    # the whole `path:line: reason` line
 
 
-def _new_decompressor(fmt: str):
-    # zlib: wbits 31 = gzip header and CRC-32 trailer checked; every object has eof / unused_data.
-    return zlib.decompressobj(wbits=31) if fmt == GZIP else zstandard.ZstdDecompressor().decompressobj()
-
-
 class TruncatedStream(Exception):
     """The file ends in the middle of a gzip member or zstd frame."""
 
@@ -67,23 +63,83 @@ STREAM_ERRORS = (TruncatedStream, zlib.error, zstandard.ZstdError)   # what a br
 
 def iter_decompressed(path: str, fmt: str):
     """Yield the decompressed bytes of a gzip / zstd file (several concatenated members or frames
-    too). Raises TruncatedStream at a stream that ends mid-member, zlib.error / ZstdError if corrupt."""
+    too), at most OUT_BLOCK bytes per piece. Raises TruncatedStream after the last piece of a
+    stream that ends mid-member / mid-frame, zlib.error / ZstdError where it is corrupt."""
     with open(path, "rb") as f:
-        d, started = _new_decompressor(fmt), False
+        yield from (_gzip_pieces(f) if fmt == GZIP else _zstd_pieces(f))
+
+
+def _gzip_pieces(f):
+    # wbits 31: gzip header and CRC-32 trailer checked. With max_length, the input zlib has not
+    # used yet waits in unconsumed_tail; a full output piece may leave more output pending.
+    d, started = zlib.decompressobj(wbits=31), False
+    while block := f.read(READ_BLOCK):
         while True:
-            block = f.read(READ_BLOCK)
-            if not block:
-                break
-            while block:
-                out = d.decompress(block)
-                started = True
-                if out:
-                    yield out
-                if not d.eof:
+            out = d.decompress(block, OUT_BLOCK)
+            started = True
+            if out:
+                yield out
+            if d.eof:  # next member, if anything follows
+                block, d, started = d.unused_data, zlib.decompressobj(wbits=31), False
+                if not block:
                     break
-                block, d, started = d.unused_data, _new_decompressor(fmt), False  # next member
-        if started and not d.eof:
-            raise TruncatedStream()
+                continue
+            block = d.unconsumed_tail
+            if not block and len(out) < OUT_BLOCK:
+                break
+    if started and not d.eof:
+        raise TruncatedStream()
+
+
+def _zstd_pieces(f):
+    # zstandard's decompressobj returns a whole block's output at once (unbounded); its stream
+    # reader bounds it but stops silently at a truncated frame, hence the header walk at the end.
+    reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=READ_BLOCK, read_across_frames=True,
+                                                        closefd=False)
+    while out := reader.read(OUT_BLOCK):
+        yield out
+    if not zstd_frames_complete(f):
+        raise TruncatedStream()
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_SKIPPABLE = range(0x184D2A50, 0x184D2A60)
+
+
+def zstd_frames_complete(f) -> bool:
+    """Does the zstd file end exactly where its last frame ends? Walks the frame and block headers
+    (RFC 8878: 3 bytes per block of up to 128 KiB), seeking over the contents: cheap."""
+    size, pos = os.fstat(f.fileno()).st_size, 0
+    while pos < size:
+        f.seek(pos)
+        head = f.read(5)
+        if len(head) < 4:
+            return False
+        magic = int.from_bytes(head[:4], "little")
+        if magic in _SKIPPABLE:
+            f.seek(pos + 4)
+            length = f.read(4)
+            if len(length) < 4:
+                return False
+            pos += 8 + int.from_bytes(length, "little")
+            continue
+        if magic != _ZSTD_MAGIC or len(head) < 5:
+            return False
+        fhd = head[4]  # Frame_Header_Descriptor
+        single = (fhd >> 5) & 1
+        pos += 5 + (1 - single) + (0, 1, 2, 4)[fhd & 3] + (single, 2, 4, 8)[fhd >> 6]
+        while True:
+            f.seek(pos)
+            block = f.read(3)
+            if len(block) < 3:
+                return False
+            header = int.from_bytes(block, "little")
+            block_type, block_size = (header >> 1) & 3, header >> 3
+            pos += 3 + (1 if block_type == 1 else block_size)  # an RLE block stores one byte
+            if header & 1:  # Last_Block
+                break
+        pos += 4 * ((fhd >> 2) & 1)  # Content_Checksum
+    return pos == size
 
 
 class Decompressors:
