@@ -69,8 +69,11 @@ def _run_module(session: pytest.Session, module: str) -> None:
         except subprocess.TimeoutExpired as e:
             out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
             tail = f"child pytest ran past {CHILD_TIMEOUT_S} s:\n" + out[-4000:]
-        for line in report_file.read_text(encoding="utf-8").splitlines():
-            entry = json.loads(line)
+        for line in report_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut short by the child's death
+                continue
             _results.setdefault(entry["nodeid"], []).append(entry)
     _finished_modules[module] = tail
 

@@ -108,6 +108,18 @@ def test_one_big_row_group_is_cut_into_row_slices(tmp_path, expected):
         [(g, 0) for g in range(groups)]
 
 
+def test_row_groups_are_cut_to_about_the_task_bytes(tmp_path, expected):
+    # pack passes its JSONL chunk size: a group of text is cut into slices of about that size
+    src = write(tmp_path / "g.parquet", DOCS, row_group_size=len(DOCS) // 2)
+    pf = pq.ParquetFile(src)
+    text = sum(pf.metadata.row_group(g).column(1).total_uncompressed_size for g in range(2))  # "text"
+    slices = plan_row_slices(pf, "text", 2, max_task_bytes=text // 10)
+    assert 10 <= len(slices) <= 12 and {s.row_group for s in slices} == {0, 1}
+    assert sum(s.row_stop - s.row_start for s in slices) == len(DOCS)
+    assert run(src, "-o", tmp_path / "o.pbin", "--workers", "2", "--chunk-mb", str(text / 10 / 2**20)) == 0
+    assert (tmp_path / "o.pbin").read_bytes() == expected
+
+
 def test_parquet_tasks_stay_a_few_integers():
     # the no-deadlock property of pack_messages.py holds for the new task kinds too
     assert len(pickle.dumps(ReadRows(2**40, 2**20, 2**30, 2**40, 2**40, 2**50))) < 512

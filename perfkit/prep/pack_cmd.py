@@ -33,7 +33,8 @@ from perfkit.prep.pack_config import load_pack_config
 from perfkit.prep.pack_pipeline import PackAborted, PackFailed, PackStats, run_pack
 from perfkit.prep.pack_plan import PlannedSource, TaskPlan
 from perfkit.prep.pack_worker import PackJob, WorkerSource
-from perfkit.prep.parquet_source import RowGroupReader, check_text_column, open_parquet, plan_row_slices
+from perfkit.prep.parquet_source import (MAX_TASK_BYTES, RowGroupReader, check_text_column, open_parquet,
+                                         plan_row_slices)
 from perfkit.prep.sources import JSONL, PARQUET, Source, expand_sources, source_records
 from perfkit.prep.tokenizer import DEFAULT_EOD, TokenizerSpec, parse_special_tokens, resolve_tokenizer
 from perfkit.prep.tokenizer_sample import SAMPLE_BYTES, SAMPLE_DOCS, checked_on_corpus
@@ -146,12 +147,13 @@ def _check_settings(settings: dict, chunk_mb: float | None) -> None:
         raise UserError(f"--seed must be >= 0, got {seed}")
 
 
-def _plan_source(src: Source, workers: int, column: str, index) -> PlannedSource:
+def _plan_source(src: Source, workers: int, column: str, index, chunk: int) -> PlannedSource:
     label = str(src.path)
     if src.format == PARQUET:
         pf = open_parquet(label)
         check_text_column(pf, label, column)
-        return PlannedSource(label, row_slices=plan_row_slices(pf, column, workers * CHUNKS_PER_WORKER))
+        return PlannedSource(label, row_slices=plan_row_slices(pf, column, workers * CHUNKS_PER_WORKER,
+                                                                   min(chunk, MAX_TASK_BYTES)))
     if src.compressed:
         return PlannedSource(label, streamed=True)
     return PlannedSource(label, size=src.size, index_lengths=index[1] if index is not None else None)
@@ -232,7 +234,7 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
     if settings["index"]:
         from perfkit.prep.index_cmd import read_raw_index
         index = read_raw_index(settings["index"], src_size=sources[0].size)   # (offsets, lengths)
-    planned = [_plan_source(s, workers, ".".join(key_path), index) for s in sources]
+    planned = [_plan_source(s, workers, ".".join(key_path), index, chunk) for s in sources]
 
     # The temporary files are created and removed here only; run_pack renames the output when complete.
     with output_folder(dst):

@@ -69,15 +69,16 @@ class RowSlice:
     est_bytes: int      # uncompressed size of the slice's text column (progress)
 
 
-def plan_row_slices(pf, column: str, min_tasks: int) -> list[RowSlice]:
-    """Row groups in order; cut into row slices only as far as needed to give about `min_tasks`
-    tasks in all, or to keep one task under MAX_TASK_BYTES of text.
+def plan_row_slices(pf, column: str, min_tasks: int, max_task_bytes: int = MAX_TASK_BYTES) -> list[RowSlice]:
+    """Row groups in order; cut into row slices as far as needed to give about `min_tasks` tasks
+    in all and to keep one task near `max_task_bytes` of text (pack passes its JSONL chunk size).
 
-    A worker decodes a row group's column from its first row up to the end of its slice (parquet
-    has no cheap row ranges), so every extra cut can cost another pass over the group in another
-    worker: a file with at least `min_tasks` row groups is not cut at all (each group decoded
-    once), one with fewer is cut so that every worker still has work (each decodes a group it
-    touches at most once, see RowGroupReader)."""
+    Small tasks balance the workers to the end, as JSONL's 1 MiB chunks do: with 16 slices of
+    one 123 MB row group, parquet ran at 0.75x JSONL's speed, with ~1 MiB slices 0.93x (2 workers,
+    bench/results/pack_formats_cpu_123mb_2026-12-02.md). A worker decodes a row group's column from
+    its first row up to the end of its slice (parquet has no cheap row ranges), so the workers that
+    share a cut group each decode it, once each (RowGroupReader streams forward): ~3 % of a pack's
+    CPU time, against a tail where one worker finishes the last big task alone."""
     md = pf.metadata
     col = pf.schema_arrow.names.index(column)
     groups = md.num_row_groups
@@ -86,7 +87,7 @@ def plan_row_slices(pf, column: str, min_tasks: int) -> list[RowSlice]:
         rg = md.row_group(g)
         rows = rg.num_rows
         size = max(1, rg.column(col).total_uncompressed_size)
-        want = max(-(-min_tasks // max(groups, 1)), -(-size // MAX_TASK_BYTES))
+        want = max(-(-min_tasks // max(groups, 1)), -(-size // max_task_bytes))
         pieces = int(min(rows, want))
         cuts = np.linspace(0, rows, pieces + 1).round().astype(np.int64) if pieces else []
         for a, b in zip(cuts[:-1], cuts[1:]):
