@@ -47,17 +47,61 @@ def open_parquet(path: str):
         raise ParquetSourceError(f"{path}: not a readable parquet file ({e})") from None
 
 
+def text_field(schema, column: str) -> tuple[str, tuple[str, ...], object] | None:
+    """Where the text of `column` (a --text-key, dotted for a nested field) is in an arrow schema:
+    (the top-level column to read, the struct fields down to the text, the text's type), or None.
+    A dotted key names struct fields first, as it names nested JSON objects in a JSONL; a top-level
+    column whose own name has the dots is the fallback."""
+    pa = _pyarrow()
+    head, *rest = column.split(".")
+    field = schema.field(head) if head in schema.names else None
+    for name in rest:
+        if field is None or not pa.types.is_struct(field.type) or field.type.get_field_index(name) < 0:
+            field = None
+            break
+        field = field.type.field(name)
+    if field is not None:
+        return head, tuple(rest), field.type
+    if rest and column in schema.names:
+        return column, (), schema.field(column).type
+    return None
+
+
 def check_text_column(pf, path: str, column: str) -> None:
-    """UserError unless `column` is a string column of the file."""
+    """UserError unless `column` names a string column (or struct field) of the file."""
     pa = _pyarrow()
     schema = pf.schema_arrow
-    names = schema.names
-    ok = column in names and any(check(schema.field(column).type) for check in (
+    found = text_field(schema, column)
+    ok = found is not None and any(check(found[2]) for check in (
         pa.types.is_string, pa.types.is_large_string, getattr(pa.types, "is_string_view", lambda t: False)))
     if not ok:
-        found = ", ".join(f"{n} ({schema.field(n).type})" for n in names) or "none"
-        raise ParquetSourceError(f"{path}: no string column {column!r} (columns: {found}); "
-                                 "name the text column with --text-key")
+        listed = ", ".join(f"{n} ({schema.field(n).type})" for n in schema.names) or "none"
+        raise ParquetSourceError(f"{path}: no string column {column!r} (columns: {listed}); "
+                                 "name the text column with --text-key (dotted for a struct field)")
+
+
+def _leaf_count(t) -> int:
+    """Parquet leaf columns of an arrow type (a struct has one per leaf of its children)."""
+    pa = _pyarrow()
+    if pa.types.is_struct(t):
+        return sum(_leaf_count(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _leaf_count(t.key_type) + _leaf_count(t.item_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _leaf_count(t.value_type)
+    return 1
+
+
+def _leaf_index(schema, column: str) -> int:
+    """The parquet column chunk (leaf) of the text field: its sizes plan the tasks."""
+    top, fields, _ = text_field(schema, column)
+    index = sum(_leaf_count(schema.field(i).type) for i in range(schema.get_field_index(top)))
+    t = schema.field(top).type
+    for name in fields:
+        k = t.get_field_index(name)
+        index += sum(_leaf_count(t.field(i).type) for i in range(k))
+        t = t.field(k).type
+    return index
 
 
 @dataclass(frozen=True)
@@ -80,7 +124,7 @@ def plan_row_slices(pf, column: str, min_tasks: int, max_task_bytes: int = MAX_T
     share a cut group each decode it, once each (RowGroupReader streams forward): ~3 % of a pack's
     CPU time, against a tail where one worker finishes the last big task alone."""
     md = pf.metadata
-    col = pf.schema_arrow.names.index(column)
+    col = _leaf_index(pf.schema_arrow, column)
     groups = md.num_row_groups
     slices, file_row = [], 0
     for g in range(groups):
@@ -101,17 +145,24 @@ class _GroupStream:
 
     def __init__(self, pf, path: str, row_group: int, column: str):
         self.key = (path, row_group)
+        top, self.fields, _ = text_field(pf.schema_arrow, column)   # checked by the main process
         # use_threads=False: the workers are the parallelism; pyarrow threads would oversubscribe
-        self.batches = pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[row_group], columns=[column],
+        self.batches = pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[row_group], columns=[top],
                                        use_threads=False)
         self.pos, self.buf = 0, None
+
+    def _next_texts(self):
+        arr = next(self.batches).column(0)   # StopIteration: fewer rows than the footer said
+        for name in self.fields:   # flatten(): the child with its parent's nulls applied
+            arr = arr.flatten()[arr.type.get_field_index(name)]
+        return arr
 
     def take(self, start: int, stop: int) -> list:
         """Arrays covering group rows [start, stop); start >= self.pos."""
         parts = []
         while start < stop:
             if self.buf is None:
-                self.buf = next(self.batches).column(0)   # StopIteration: fewer rows than the footer said
+                self.buf = self._next_texts()
             end = self.pos + len(self.buf)
             if start < end:
                 a, b = start - self.pos, min(stop, end) - self.pos
