@@ -28,13 +28,15 @@ TRAIN = {"loss": 5.0, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s_per_gpu": 1234
 
 
 class FakeWandb(types.ModuleType):
-    """Records init/log/finish; `fail_init`, `fail_log` raise; `gate` (an Event) holds every log."""
+    """Records init/log/finish; `fail_init`, `fail_log` raise; `gate` (an Event) holds every log;
+    `in_log` is set once a log call has begun (so a test knows the W&B thread holds a record)."""
 
     def __init__(self):
         super().__init__("wandb")
         self.calls: list[tuple] = []
         self.fail_init = self.fail_log = None
         self.gate: threading.Event | None = None
+        self.in_log = threading.Event()
         fake = self
 
         class Run:
@@ -42,6 +44,7 @@ class FakeWandb(types.ModuleType):
                 fake.calls.append(("define_metric", name, kw))
 
             def log(self, data):
+                fake.in_log.set()
                 if fake.gate is not None:
                     fake.gate.wait(30)
                 if fake.fail_log:
@@ -153,13 +156,15 @@ def test_a_slow_wandb_never_stalls_the_logging_step(tmp_path, fake, monkeypatch,
     fake.gate = threading.Event()  # every wandb log call waits here until released
     log = _logger(tmp_path / "exp")
     start = time.perf_counter()
-    for step in range(1, 9):
+    log.log(1, TRAIN)
+    assert fake.in_log.wait(10)  # the W&B thread holds step 1 (stuck at the gate): the queue is empty again
+    for step in range(2, 9):
         log.log(step, TRAIN)  # would wait for the gate if the training thread called wandb itself
     assert time.perf_counter() - start < 5  # 8 records while W&B accepts none
     fake.gate.set()
     log.close()
-    steps = [r["step"] for r in fake.of("log")]
-    assert steps == list(range(1, len(steps) + 1)) and len(steps) in (3, 4)  # 3 queued (+1 already in log)
+    # step 1 was in wandb's log, 2-4 filled the queue of 3, 5-8 were dropped for W&B only
+    assert [r["step"] for r in fake.of("log")] == [1, 2, 3, 4]
     assert len(_warnings(capfd.readouterr().err)) == 1  # "dropped for W&B", once
     assert [r["step"] for r in records(tmp_path / "exp")] == list(range(1, 9))  # jsonl keeps them all
 
