@@ -6,6 +6,8 @@ import gzip
 import json
 import pickle
 import random
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -109,15 +111,62 @@ def test_one_big_row_group_is_cut_into_row_slices(tmp_path, expected):
 
 
 def test_row_groups_are_cut_to_about_the_task_bytes(tmp_path, expected):
-    # pack passes its JSONL chunk size: a group of text is cut into slices of about that size
+    # pack passes its JSONL chunk size: a group of more than WHOLE_GROUP_CHUNKS chunks of text is
+    # cut into slices of about that size
     src = write(tmp_path / "g.parquet", DOCS, row_group_size=len(DOCS) // 2)
     pf = pq.ParquetFile(src)
-    text = sum(pf.metadata.row_group(g).column(1).total_uncompressed_size for g in range(2))  # "text"
-    slices = plan_row_slices(pf, "text", 2, max_task_bytes=text // 10)
-    assert 10 <= len(slices) <= 12 and {s.row_group for s in slices} == {0, 1}
+    sizes = [pf.metadata.row_group(g).column(1).total_uncompressed_size for g in range(2)]  # "text"
+    chunk = min(sizes) // 10                                  # 10 or more chunks in each group
+    slices = plan_row_slices(pf, "text", 2, max_task_bytes=chunk)
+    assert len(slices) == sum(-(-n // chunk) for n in sizes) and {s.row_group for s in slices} == {0, 1}
     assert sum(s.row_stop - s.row_start for s in slices) == len(DOCS)
-    assert run(src, "-o", tmp_path / "o.pbin", "--workers", "2", "--chunk-mb", str(text / 10 / 2**20)) == 0
+    assert all(a.row_stop == b.row_start for a, b in zip(slices, slices[1:]) if a.row_group == b.row_group)
+    assert run(src, "-o", tmp_path / "o.pbin", "--workers", "2", "--chunk-mb", str(chunk / 2**20)) == 0
     assert (tmp_path / "o.pbin").read_bytes() == expected
+
+
+def test_small_row_groups_stay_whole_when_there_are_enough_of_them(tmp_path, expected):
+    # FineWeb's layout: many groups of a few chunks each; cutting them would make each of several
+    # workers decode the same group
+    src = write(tmp_path / "g.parquet", DOCS, row_group_size=len(DOCS) // 4)
+    pf = pq.ParquetFile(src)
+    groups = pf.metadata.num_row_groups
+    chunk = max(pf.metadata.row_group(g).column(1).total_uncompressed_size for g in range(groups)) // 3
+    assert [(s.row_group, s.row_start) for s in plan_row_slices(pf, "text", groups, chunk)] == \
+        [(g, 0) for g in range(groups)]                  # 3 chunks each, 4 groups for 4 tasks: whole
+    cut = plan_row_slices(pf, "text", 2 * groups, chunk)   # too few groups for the tasks wanted
+    assert len(cut) >= 2 * groups and sum(s.row_stop - s.row_start for s in cut) == len(DOCS)
+    assert run(src, "-o", tmp_path / "o.pbin", "--workers", "2", "--chunk-mb", str(chunk / 2**20)) == 0
+    assert (tmp_path / "o.pbin").read_bytes() == expected
+
+
+READ_PEAK = """
+import re, sys
+from perfkit.prep.parquet_source import RowGroupReader, _pyarrow
+def peak():  # VmHWM: this process image's own peak (ru_maxrss carries the parent's across exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+_pyarrow()   # its import is not the read
+before = peak()
+texts, bad, n = RowGroupReader("text").read(sys.argv[1], 0, 0, 2000, 0)
+assert len(texts) == 2000 and not bad
+print(peak() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc")
+def test_a_worker_streams_a_big_row_group_instead_of_reading_it_whole(tmp_path):
+    # pyarrow's default reads the group's whole column chunk before the first batch: 10 GB per
+    # worker for a 10 GB group. 2,000 rows (8 MB of text) of a 160 MB uncompressed group: the
+    # whole chunk read first grew the process by ~196 MB here, the streamed read by ~40 MB.
+    rows = 40_000
+    texts = [f"{i:08d}" + "x" * 4000 for i in range(rows)]   # ~160 MB, unique: no dictionary
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"text": texts}), path, compression="none", use_dictionary=False)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    out = subprocess.run([sys.executable, "-c", READ_PEAK, str(path)], capture_output=True, text=True,
+                         check=True)
+    grew = int(out.stdout.strip())
+    assert grew < 80e6, f"reading 2,000 rows grew the process by {grew / 1e6:.0f} MB"
 
 
 def test_parquet_tasks_stay_a_few_integers():

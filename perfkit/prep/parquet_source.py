@@ -22,6 +22,8 @@ from perfkit.errors import UserError
 NULL_TEXT = "text is null"
 BATCH_ROWS = 1024           # rows a worker decodes at a time (a few MB of FineWeb-sized documents)
 MAX_TASK_BYTES = 64 << 20   # text per task at most: its tokens wait in the worker for their offset
+WHOLE_GROUP_CHUNKS = 8      # a row group of up to this many chunks of text stays one task (see plan_row_slices)
+READ_BUFFER_BYTES = 1 << 20  # a column chunk is read through a buffer this size, never whole
 INSTALL_HINT = "parquet input needs pyarrow: pip install 'perfkit[parquet]' (or pip install pyarrow)"
 
 
@@ -40,9 +42,13 @@ def _pyarrow():
 
 
 def open_parquet(path: str):
+    """The file with bounded reads: pyarrow's defaults (pre_buffer, buffer_size=0) read a row
+    group's whole column chunk into memory before the first batch, which for one 10 GB row group
+    is 10 GB per worker; a 1 MiB read buffer streams it (and decoded a 364 MB chunk in half the CPU
+    time here)."""
     pa = _pyarrow()
     try:
-        return pa.parquet.ParquetFile(path)
+        return pa.parquet.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
     except (pa.ArrowException, OSError) as e:
         raise ParquetSourceError(f"{path}: not a readable parquet file ({e})") from None
 
@@ -114,15 +120,17 @@ class RowSlice:
 
 
 def plan_row_slices(pf, column: str, min_tasks: int, max_task_bytes: int = MAX_TASK_BYTES) -> list[RowSlice]:
-    """Row groups in order; cut into row slices as far as needed to give about `min_tasks` tasks
-    in all and to keep one task near `max_task_bytes` of text (pack passes its JSONL chunk size).
+    """Row groups in order, each one task or cut into row slices of about `max_task_bytes` of text
+    (pack passes its JSONL chunk size), so that there are about `min_tasks` tasks in all.
 
-    Small tasks balance the workers to the end, as JSONL's 1 MiB chunks do: with 16 slices of
-    one 123 MB row group, parquet ran at 0.75x JSONL's speed, with ~1 MiB slices 0.93x (2 workers,
-    bench/results/pack_formats_cpu_123mb_2026-12-02.md). A worker decodes a row group's column from
-    its first row up to the end of its slice (parquet has no cheap row ranges), so the workers that
-    share a cut group each decode it, once each (RowGroupReader streams forward): ~3 % of a pack's
-    CPU time, against a tail where one worker finishes the last big task alone."""
+    Cutting costs decode time: parquet has no cheap row ranges, so a worker decodes a group's
+    column from its first row up to the end of its slice (RowGroupReader streams forward), and
+    every worker that gets a slice of the group decodes it once. A group is therefore kept whole
+    when the file has at least `min_tasks` groups (the workers are kept busy to the end anyway)
+    and it holds at most WHOLE_GROUP_CHUNKS chunks of text: FineWeb's 1,000-row groups of a few MB.
+    Larger groups are cut to chunk-sized slices: with 16 slices of one 123 MB group parquet ran at
+    0.75x JSONL's speed (one worker finished the last 7.7 MB task alone), with ~1 MiB slices 0.93x
+    (2 workers, bench/results/pack_formats_cpu_123mb_2026-12-02.md)."""
     md = pf.metadata
     col = _leaf_index(pf.schema_arrow, column)
     groups = md.num_row_groups
@@ -131,7 +139,10 @@ def plan_row_slices(pf, column: str, min_tasks: int, max_task_bytes: int = MAX_T
         rg = md.row_group(g)
         rows = rg.num_rows
         size = max(1, rg.column(col).total_uncompressed_size)
-        want = max(-(-min_tasks // max(groups, 1)), -(-size // max_task_bytes))
+        if groups >= min_tasks and size <= WHOLE_GROUP_CHUNKS * max_task_bytes:
+            want = 1
+        else:
+            want = max(-(-min_tasks // max(groups, 1)), -(-size // max_task_bytes))
         pieces = int(min(rows, want))
         cuts = np.linspace(0, rows, pieces + 1).round().astype(np.int64) if pieces else []
         for a, b in zip(cuts[:-1], cuts[1:]):
