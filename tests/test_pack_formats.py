@@ -126,8 +126,8 @@ def test_row_groups_are_cut_to_about_the_task_bytes(tmp_path, expected):
 
 
 def test_small_row_groups_stay_whole_when_there_are_enough_of_them(tmp_path, expected):
-    # FineWeb's layout: many groups of a few chunks each; cutting them would make each of several
-    # workers decode the same group
+    # Hugging Face datasets' layout (1,000-row groups): many groups of a few chunks each; cutting
+    # them would make each of several workers decode the same group
     src = write(tmp_path / "g.parquet", DOCS, row_group_size=len(DOCS) // 4)
     pf = pq.ParquetFile(src)
     groups = pf.metadata.num_row_groups

@@ -127,7 +127,8 @@ def plan_row_slices(pf, column: str, min_tasks: int, max_task_bytes: int = MAX_T
     column from its first row up to the end of its slice (RowGroupReader streams forward), and
     every worker that gets a slice of the group decodes it once. A group is therefore kept whole
     when the file has at least `min_tasks` groups (the workers are kept busy to the end anyway)
-    and it holds at most WHOLE_GROUP_CHUNKS chunks of text: FineWeb's 1,000-row groups of a few MB.
+    and it holds at most WHOLE_GROUP_CHUNKS chunks of text (Hugging Face datasets' 1,000-row groups
+    of a few MB).
     Larger groups are cut to chunk-sized slices: with 16 slices of one 123 MB group parquet ran at
     0.75x JSONL's speed (one worker finished the last 7.7 MB task alone), with ~1 MiB slices 0.93x
     (2 workers, bench/results/pack_formats_cpu_123mb_2026-12-02.md)."""
