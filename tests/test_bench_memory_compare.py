@@ -26,3 +26,30 @@ def test_variants_are_valid_configs_that_differ_only_in_the_axis(axis):
     for c in cfgs.values():  # the shape is the same for every variant
         assert (c.model.n_layer, c.model.n_embd, c.model.vocab_size) == \
             (first.model.n_layer, first.model.n_embd, first.model.vocab_size)
+
+
+@pytest.mark.parametrize("threshold", [65536, 0])
+def test_each_variant_runs_under_the_chosen_malloc_threshold(tmp_path, monkeypatch, threshold):
+    # the variants' processes get MALLOC_MMAP_THRESHOLD_ (or glibc's default: none set, even when
+    # the caller's environment has one) and each record says which
+    import json
+    import subprocess
+
+    from perfkit.bench import memory_compare
+
+    seen = []
+
+    def fake_run(cmd, check, env):
+        seen.append(env.get("MALLOC_MMAP_THRESHOLD_"))
+        out = cmd[cmd.index("--json") + 1]
+        with open(out, "a") as f:
+            f.write(json.dumps({"host_peak_rss_gib": 2.0 - len(seen) / 4, "step_time_s": {"median": 1.0}}) + "\n")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "12345")
+    out = tmp_path / "r.jsonl"
+    assert memory_compare.main(["checkpointing", "--mmap-threshold", str(threshold), "--json", str(out)]) == 0
+    assert seen == ([str(threshold)] * 3 if threshold else [None] * 3)
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["variant"] for r in records] == ["none", "full", "op"]
+    assert {r["malloc_mmap_threshold"] for r in records} == {threshold or None}
