@@ -231,6 +231,24 @@ def test_bad_parquet_files(tmp_path, capsys):
         assert no_output_left(tmp_path, tmp_path / "o.pbin")
 
 
+def test_corrupt_pages_inside_an_intact_file(tmp_path, capsys):
+    # the footer reads fine, a page of the second row group does not: the worker reading it names
+    # the file, the group's first row and pyarrow's reason (read through the 1 MiB buffer)
+    good = write(tmp_path / "g.parquet", DOCS)
+    col = pq.ParquetFile(good).metadata.row_group(1).column(1)          # "text" of group 1
+    start = col.dictionary_page_offset or col.data_page_offset
+    for name, pos in (("header", col.data_page_offset + 2), ("dictionary", start + 30)):
+        body = bytearray(good.read_bytes())
+        for k in range(16):
+            body[pos + k] ^= 0x5A
+        bad = tmp_path / f"{name}.parquet"
+        bad.write_bytes(bytes(body))
+        assert run(bad, "-o", tmp_path / "o.pbin", "--workers", "2") == 1
+        err = capsys.readouterr().err
+        assert f"{bad}:row 41: cannot read row group 1: " in err, err
+        assert no_output_left(tmp_path, tmp_path / "o.pbin")
+
+
 def test_null_text_is_a_bad_row(tmp_path, capsys):
     src = tmp_path / "null.parquet"
     pq.write_table(pa.table({"text": ["a", "b", None, "c", None]}), src, row_group_size=2)
