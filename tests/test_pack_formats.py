@@ -231,6 +231,26 @@ def test_bad_parquet_files(tmp_path, capsys):
         assert no_output_left(tmp_path, tmp_path / "o.pbin")
 
 
+@pytest.mark.parametrize("kind", ["large_string", "string_view", "dictionary"])
+def test_every_arrow_text_type_of_a_utf8_column(tmp_path, expected, kind):
+    # polars writes large_string, pandas' categorical gives a dictionary, and a file can store any
+    # of them as its arrow schema: each is the same text
+    arr = {"large_string": pa.array(DOCS, pa.large_string()), "string_view": pa.array(DOCS, pa.string_view()),
+           "dictionary": pa.array(DOCS).dictionary_encode()}[kind]
+    src = tmp_path / f"{kind}.parquet"
+    pq.write_table(pa.table({"id": list(range(len(DOCS))), "text": arr}), src, row_group_size=40)
+    assert pq.ParquetFile(src).schema_arrow.field("text").type == arr.type   # what the reader sees
+    assert run(src, "-o", tmp_path / "o.pbin", "--workers", "2") == 0
+    assert (tmp_path / "o.pbin").read_bytes() == expected
+
+
+def test_a_binary_column_is_not_text(tmp_path, capsys):
+    src = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"text": pa.array([d.encode() for d in DOCS], pa.binary())}), src)
+    assert run(src, "-o", tmp_path / "o.pbin") == 1
+    assert f"{src}: no string column 'text' (columns: text (binary))" in capsys.readouterr().err
+
+
 def test_corrupt_pages_inside_an_intact_file(tmp_path, capsys):
     # the footer reads fine, a page of the second row group does not: the worker reading it names
     # the file, the group's first row and pyarrow's reason (read through the 1 MiB buffer)

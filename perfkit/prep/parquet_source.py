@@ -73,13 +73,32 @@ def text_field(schema, column: str) -> tuple[str, tuple[str, ...], object] | Non
     return None
 
 
+def _is_text_type(t) -> bool:
+    """string, large_string (polars writes it), string_view, or a dictionary of those (pandas'
+    categorical): what pyarrow gives for a parquet UTF8 column under the file's stored arrow schema."""
+    pa = _pyarrow()
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return any(check(t) for check in (pa.types.is_string, pa.types.is_large_string,
+                                      getattr(pa.types, "is_string_view", lambda _t: False)))
+
+
+def _as_plain_text(arr):
+    """A text array as string / large_string: the kinds arrow's compute kernels and to_pylist
+    below take (binary_length has no string_view kernel; a dictionary is decoded)."""
+    pa = _pyarrow()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.large_string())
+    return arr
+
+
 def check_text_column(pf, path: str, column: str) -> None:
     """UserError unless `column` names a string column (or struct field) of the file."""
-    pa = _pyarrow()
     schema = pf.schema_arrow
     found = text_field(schema, column)
-    ok = found is not None and any(check(found[2]) for check in (
-        pa.types.is_string, pa.types.is_large_string, getattr(pa.types, "is_string_view", lambda t: False)))
+    ok = found is not None and _is_text_type(found[2])
     if not ok:
         listed = ", ".join(f"{n} ({schema.field(n).type})" for n in schema.names) or "none"
         raise ParquetSourceError(f"{path}: no string column {column!r} (columns: {listed}); "
@@ -167,7 +186,7 @@ class _GroupStream:
         arr = next(self.batches).column(0)   # StopIteration: fewer rows than the footer said
         for name in self.fields:   # flatten(): the child with its parent's nulls applied
             arr = arr.flatten()[arr.type.get_field_index(name)]
-        return arr
+        return _as_plain_text(arr)
 
     def take(self, start: int, stop: int) -> list:
         """Arrays covering group rows [start, stop); start >= self.pos."""
