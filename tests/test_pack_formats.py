@@ -140,6 +140,24 @@ def test_small_row_groups_stay_whole_when_there_are_enough_of_them(tmp_path, exp
     assert (tmp_path / "o.pbin").read_bytes() == expected
 
 
+def test_only_the_last_source_cuts_small_groups_for_the_tail(tmp_path, expected):
+    # a source before the last is followed by more tasks, so its few small groups stay whole; the
+    # last source's end is the pack's end, where too few tasks would idle workers
+    from perfkit.prep.sources import expand_sources
+
+    a = write(tmp_path / "a.parquet", DOCS[:80])      # 2 groups of 40 rows
+    b = write(tmp_path / "b.parquet", DOCS[80:])
+    chunk = max(pq.ParquetFile(p).metadata.row_group(g).column(1).total_uncompressed_size
+                for p in (a, b) for g in range(2))
+    first, last = expand_sources([str(a), str(b)])
+    kept = pack._plan_source(first, 2, "text", None, chunk, last=False).row_slices
+    cut = pack._plan_source(last, 2, "text", None, chunk, last=True).row_slices
+    assert [(s.row_group, s.row_start) for s in kept] == [(0, 0), (1, 0)]
+    assert len(cut) >= 2 * pack.CHUNKS_PER_WORKER and sum(s.row_stop - s.row_start for s in cut) == len(DOCS) - 80
+    assert run(a, b, "-o", tmp_path / "o.pbin", "--workers", "2", "--chunk-mb", str(chunk / 2**20)) == 0
+    assert (tmp_path / "o.pbin").read_bytes() == expected
+
+
 READ_PEAK = """
 import re, sys
 from perfkit.prep.parquet_source import RowGroupReader, _pyarrow

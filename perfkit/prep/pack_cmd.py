@@ -147,13 +147,15 @@ def _check_settings(settings: dict, chunk_mb: float | None) -> None:
         raise UserError(f"--seed must be >= 0, got {seed}")
 
 
-def _plan_source(src: Source, workers: int, column: str, index, chunk: int) -> PlannedSource:
+def _plan_source(src: Source, workers: int, column: str, index, chunk: int, last: bool) -> PlannedSource:
+    """last: the pack's last source, whose end is the pack's end: only there do a few big tasks
+    leave workers idle (before it, the next source's tasks keep them busy)."""
     label = str(src.path)
     if src.format == PARQUET:
         pf = open_parquet(label)
         check_text_column(pf, label, column)
-        return PlannedSource(label, row_slices=plan_row_slices(pf, column, workers * CHUNKS_PER_WORKER,
-                                                                   min(chunk, MAX_TASK_BYTES)))
+        min_tasks = workers * CHUNKS_PER_WORKER if last else 1
+        return PlannedSource(label, row_slices=plan_row_slices(pf, column, min_tasks, min(chunk, MAX_TASK_BYTES)))
     if src.compressed:
         return PlannedSource(label, streamed=True)
     return PlannedSource(label, size=src.size, index_lengths=index[1] if index is not None else None)
@@ -234,7 +236,8 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
     if settings["index"]:
         from perfkit.prep.index_cmd import read_raw_index
         index = read_raw_index(settings["index"], src_size=sources[0].size)   # (offsets, lengths)
-    planned = [_plan_source(s, workers, ".".join(key_path), index, chunk) for s in sources]
+    planned = [_plan_source(s, workers, ".".join(key_path), index, chunk, last=i == len(sources) - 1)
+               for i, s in enumerate(sources)]
 
     # The temporary files are created and removed here only; run_pack renames the output when complete.
     with output_folder(dst):
