@@ -15,6 +15,8 @@
 #              gzipped to OUTDIR/trace_rank0.json.gz when it is small enough
 #   gpu-tests  pytest -m gpu (the only place the CUDA tests of every part run)
 #   kernels    python -m perfkit.bench.kernels at the model's shapes           -> OUTDIR/kernels.jsonl
+#   loss       python -m perfkit.bench.loss: head + loss step, fused vs compiled unfused at the gpt2
+#              and llama3_1b shapes (issue 15's speed target)        -> appended to OUTDIR/kernels.jsonl
 #   loader     python -m perfkit.bench.loader                                  -> OUTDIR/loader.jsonl
 #   then, only while the budget lasts: train-llama1b-float8 (configs/llama3_1b.toml, bf16 vs float8
 #   rowwise vs tensorwise block linears: issue 15's float8 >= 1.2x target), kernels-wide (hidden
@@ -192,6 +194,7 @@ pytest_args=(-m gpu -v -rs -p no:cacheprovider --continue-on-collection-errors) 
 "$PY" -c "import xdist" 2>/dev/null && pytest_args+=(-n 4)
 step gpu-tests 170 "$PY" -m pytest "${pytest_args[@]}"
 step kernels 100 "$PY" -m perfkit.bench.kernels --rows 16384 --hidden 768 2048 --json "$OUT/kernels.jsonl"
+step loss 100 "$PY" -m perfkit.bench.loss --json "$OUT/kernels.jsonl"
 step loader 45 "$PY" -m perfkit.bench.loader --batch 16 --seconds 1 --wait-steps 100 --json "$OUT/loader.jsonl"
 # ---- only if time is left (or named alone: DEVICE_CHECK_STEPS=train-llama1b-float8) --------------
 # issue 15's float8 target: Llama 3.2 1B shapes (seq 8192, one micro-batch per step), bf16 block

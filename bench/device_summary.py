@@ -128,6 +128,7 @@ def profile_section(records: list[dict], limit: int = 12) -> list[str]:
 
 
 def kernels_section(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r.get("suite", "kernels") == "kernels"]  # loss records share the file
     if not rows:
         return []
     by = {(r["op"], r["direction"], r["rows"], r["hidden"], r["impl"]): r for r in rows}
@@ -145,6 +146,21 @@ def kernels_section(rows: list[dict]) -> list[str]:
         table) + [""]
 
 
+def loss_section(rows: list[dict]) -> list[str]:
+    """bench/loss.py's records (appended to kernels.jsonl): the head + loss step per implementation."""
+    rows = [r for r in rows if r.get("suite") == "loss"]
+    if not rows:
+        return []
+    table = [[r["shape"], r["impl"], r["dtype"], f"{r['ms']:.3f}", f"{r['ratio_to_unfused']:.3f}x",
+              "-" if r.get("peak_mib") is None else f"{r['peak_mib']:,.0f}", f"{r['max_rel_error']:.1e}"]
+             for r in rows]
+    fused = [f"{r['shape']} {r['ratio_to_unfused']:.3f}x ({'met' if r['ratio_to_unfused'] <= 1.0 else 'missed'})"
+             for r in rows if r["impl"] == "fused"]
+    return ["## Head + loss step (fwd + both gradients)", ""] + _table(
+        ["shape", "impl", "dtype", "ms", "time vs compiled unfused", "peak MiB", "max rel error"], table) + [
+        "", "Target (issue 15), fused at least as fast as compiled unfused: " + ", ".join(fused), ""]
+
+
 def loader_section(rows: list[dict]) -> list[str]:
     if not rows:
         return []
@@ -157,7 +173,7 @@ def write_summary(outdir: Path, steps_tsv: Path) -> Path:
     train = [r for r in read_jsonl(outdir / "train.jsonl") if r.get("bench") == "train"]
     lines = ["# perfkit device check", ""] + steps_section(steps_tsv) + train_section(train) + \
         profile_section(train) + kernels_section(read_jsonl(outdir / "kernels.jsonl")) + \
-        loader_section(read_jsonl(outdir / "loader.jsonl"))
+        loss_section(read_jsonl(outdir / "kernels.jsonl")) + loader_section(read_jsonl(outdir / "loader.jsonl"))
     path = outdir / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -51,6 +51,28 @@ def test_summary_copies_the_numbers_of_each_suite(tmp_path):
     assert "## Loader" not in text  # no loader lines, no loader section
 
 
+def test_summary_has_the_loss_records_that_share_the_kernels_file(tmp_path):
+    from perfkit.bench import loss as loss_bench
+
+    out = tmp_path / "out"
+    out.mkdir()
+    kernel_row = dict(op="swiglu", direction="fwd", impl="triton", rows=8, hidden=8, ms=0.1, gbps=1.0,
+                      pct_copy=1.0, copy_gbps=100.0)
+    (out / "kernels.jsonl").write_text(json.dumps(kernel_row) + "\n")
+    assert loss_bench.main(["--tokens", "64", "--hidden", "16", "--vocab", "200", "--repeat", "1",
+                            "--json", str(out / "kernels.jsonl")]) == 0
+    steps = tmp_path / "steps.tsv"
+    steps.write_text("loss\t0\t9\tpython3 -m perfkit.bench.loss\n")
+    text = device_summary.write_summary(out, steps).read_text()
+    loss_rows = [json.loads(line) for line in (out / "kernels.jsonl").read_text().splitlines()][1:]
+    assert [r["impl"] for r in loss_rows] == ["unfused", "fused", "fused_recompute"]
+    for r in loss_rows:
+        assert f"| 64x16x200 | {r['impl']} | float32 | {r['ms']:.3f} | {r['ratio_to_unfused']:.3f}x |" in text
+    fused = loss_rows[1]["ratio_to_unfused"]
+    assert f"64x16x200 {fused:.3f}x ({'met' if fused <= 1.0 else 'missed'})" in text
+    assert text.count("| swiglu |") == 1  # the kernels table keeps only the kernel rows
+
+
 def _wheel(path: Path, name: str) -> Path:
     """A minimal pure-Python wheel holding one module `name` (pip installs it offline)."""
     import zipfile

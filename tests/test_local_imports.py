@@ -29,6 +29,7 @@ ALLOWED = {
     "bench/bench_cmd.py": "stays torch-free",
     "bench/records.py": "torch-free",
     "bench/kernels.py": "triton",
+    "bench/loss.py": "triton.testing only on CUDA",
     "bench/pack.py": "optional dependency",
     "bench/train.py": "do not load torch",
 }

@@ -39,8 +39,9 @@ up/gate/down projections); the backward working set (one block's full values) is
 plus the recomputation in a checkpointed block's backward (two blocks' values for "full", one
 for "op").
 The fused linear + cross-entropy ($.model.fused_linear_cross_entropy) changes the logits term to
-one (chunk, vocab) fp32 block (the chunk's logits, turned into their gradient in place in
-backward), the fp32 d(head weight) accumulator and one fp32 log-sum-exp per token.
+one (chunk, vocab) block in the compute dtype (the chunk's logits, turned into their gradient in
+place during the forward), the fp32 d(head weight) sum (+ its compute-dtype copy in bf16), the
+d(hidden) it saves for backward and its scaled copy, and a log-sum-exp and loss per token.
 float8 ($.parallel.float8, perfkit/train/float8.py) leaves the fp32 shard, the gradients and the
 optimizer state as they are. With the tensorwise recipe FSDP2 all-gathers the converted linears'
 weights in float8, so their gathered compute copies count 1 byte per element; rowwise gathers
@@ -134,10 +135,15 @@ def _activation_values_per_token(m: ModelConfig, par: ParallelConfig) -> int:
     return checkpointed * _checkpointed_values_per_token(m, mode) + (m.n_layer - checkpointed) * full + recompute
 
 
-def _fused_logit_bytes(m: ModelConfig, tokens: int, padded_vocab: int) -> int:
-    chunk = min(tokens, default_chunk_tokens(padded_vocab))
-    # one (chunk, vocab) fp32 block alive at a time (backward turns it into its gradient in place)
-    return chunk * padded_vocab * FP32 + padded_vocab * m.n_embd * FP32 + tokens * FP32
+def _fused_logit_bytes(m: ModelConfig, tokens: int, padded_vocab: int, compute_bytes: int, device_type: str) -> int:
+    chunk = min(tokens, default_chunk_tokens(padded_vocab, device_type))
+    head = padded_vocab * m.n_embd
+    # at the end of the forward: one (chunk, vocab) block in the compute dtype (turned into its
+    # gradient in place), the fp32 d(head weight) sum and, in bf16, its converted copy; d(hidden)
+    # and the lse / row losses; in backward the saved d(hidden) and its scaled copy
+    weight_grad = head * FP32 + (head * compute_bytes if compute_bytes != FP32 else 0)
+    return (chunk * padded_vocab * compute_bytes + weight_grad + 2 * tokens * m.n_embd * compute_bytes
+            + 2 * tokens * FP32)
 
 
 def saved_for_backward_bytes(m: ModelConfig, micro_batch_size: int, compute_bytes: int = FP32) -> int:
@@ -180,7 +186,7 @@ def estimate_memory(model: ModelConfig, parallel: ParallelConfig, optimizer: Opt
     per_token = _activation_values_per_token(model, parallel) + _block_values_per_token(model) + 3 * model.n_embd + 3
     activations = tokens * per_token * compute
     vocab = padded_vocab_size(model.vocab_size)
-    logits = (_fused_logit_bytes(model, tokens, vocab) if model.fused_linear_cross_entropy
+    logits = (_fused_logit_bytes(model, tokens, vocab, compute, device_type) if model.fused_linear_cross_entropy
               else _logit_bytes(tokens, vocab, compute))
     return MemoryEstimate(
         breakdown={"parameters": params, "gradients": grads, "optimizer_state": optim,
