@@ -16,6 +16,8 @@ from pathlib import Path
 
 TARGET_TOKENS_PER_S = 500_000  # issue 7: configs/gpt2.toml on one H100
 TARGET_FLOAT8_SPEEDUP = 1.2    # issue 15: float8 vs bf16 tokens/s on configs/llama3_1b.toml
+TARGET_LLAMA_MFU = 0.45        # issue 15: configs/llama3_1b.toml in bf16 on one H100/H200
+TARGET_ESTIMATE_ERROR = 0.10   # issue 15: the memory estimate vs max_memory_allocated on a GPU
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -86,7 +88,33 @@ def train_section(records: list[dict]) -> list[str]:
         ratio = t["tokens_per_s_per_gpu"]["median"] / p["tokens_per_s_per_gpu"]["median"]
         out.append(f"- Triton kernels vs torch reference, compile {'on' if t['compile'] else 'off'}: "
                    f"{ratio:.3f}x tokens/s ({'faster' if ratio > 1 else 'not faster'})")
-    return out + float8_lines(records) + [""]
+    return out + float8_lines(records) + llama_mfu_lines(records) + estimate_lines(records) + [""]
+
+
+def llama_mfu_lines(records: list[dict]) -> list[str]:
+    """Issue 15's MFU target: configs/llama3_1b.toml in bf16 (no float8) on a GPU."""
+    runs = [r for r in records if Path(r["config"]).name == "llama3_1b.toml" and r["device"] == "cuda"
+            and not r.get("float8") and r.get("mfu") is not None]
+    if not runs:
+        return []
+    best = max(runs, key=lambda r: r["mfu"])
+    return [f"- target llama3_1b.toml >= {TARGET_LLAMA_MFU:.0%} MFU in bf16: "
+            f"{'met' if best['mfu'] >= TARGET_LLAMA_MFU else 'missed'} (best {best['mfu']:.1%}, "
+            f"variant {best.get('variant') or '-'}, on {best['device_name']})"]
+
+
+def estimate_lines(records: list[dict]) -> list[str]:
+    """The memory estimate (what --dry-run prints) against the measured peak allocated, per GPU record."""
+    out = []
+    for r in records:
+        est, peak = (r.get("memory_estimate_gib") or {}).get("total"), r.get("peak_mem_allocated_gib")
+        if est is None or peak is None:
+            continue
+        err = est / peak - 1
+        out.append(f"- memory estimate {Path(r['config']).name} [{r.get('variant') or '-'}]: {est:.2f} GiB vs "
+                   f"{peak:.2f} GiB peak allocated ({err:+.1%}; target within {TARGET_ESTIMATE_ERROR:.0%}: "
+                   f"{'met' if abs(err) <= TARGET_ESTIMATE_ERROR else 'missed'})")
+    return out
 
 
 def float8_lines(records: list[dict]) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from perfkit.bench.records import percentiles
 from perfkit.bench.train_measure import Measurement
+from perfkit.train.memory_estimate import GIB, estimate_for_plan
 
 FLOPS_FORMULA = "6*N_non_embedding + 12*n_layer*n_head*head_dim*seq_len"
 
@@ -32,6 +33,9 @@ def make_record(*, parts, m: Measurement, env_info: dict, peak: float | None, ar
     times = percentiles(m.step_times_s)
     tok_median, tflops, mfu = _throughput_at(times["median"], tokens_per_gpu, plan.flops_per_token, peak)
     device = env_info["device"]
+    # what `perfkit train --dry-run` estimates for this run, beside the measured peaks (issue 15:
+    # within 10% of max_memory_allocated on a GPU)
+    estimate = estimate_for_plan(cfg, plan, device)
     return {
         "bench": "train", **args_info, "variant": variant, **env_info,
         "world_size": plan.world_size,
@@ -56,6 +60,8 @@ def make_record(*, parts, m: Measurement, env_info: dict, peak: float | None, ar
         "peak_name": f"dense bf16 peak of {env_info['device_name']}" if peak else None,
         "peak_mem_allocated_gib": m.peak_allocated_gib, "peak_mem_reserved_gib": m.peak_reserved_gib,
         "host_peak_rss_gib": m.host_peak_rss_gib,
+        "memory_estimate_gib": {"total": estimate.total / GIB,
+                                **{k: v / GIB for k, v in estimate.breakdown.items()}},
         # non-finite only in on_nonfinite = "skip" mode (stop mode raised); JSON has no NaN
         "data_wait_frac": m.data_wait_frac, "loss_last": m.loss_last if math.isfinite(m.loss_last) else None,
         "profile": None,

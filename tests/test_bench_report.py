@@ -76,3 +76,34 @@ def test_unknown_gpu_has_no_mfu_and_compare_ratios_use_the_first_variant():
     a, b = cuda_record([0.2], variant="triton"), cuda_record([0.25], variant="torch")
     table = compare_table([a, b], "kernels")
     assert "vs triton" in table and "0.800x" in table and "1.000x" in table
+
+
+def test_record_carries_the_dry_run_estimate_and_the_summary_compares_it_with_the_peak():
+    from perfkit.bench import device_summary
+    from perfkit.train.memory_estimate import GIB, estimate_memory
+
+    r = cuda_record([0.25, 0.26, 0.27])
+    cfg = load_config(GPT2, ["--training.max_steps=10"])
+    expected = estimate_memory(cfg.model, cfg.parallel, cfg.optimizer, micro_batch_size=16, world_size=1,
+                               grad_accum_steps=8, device_type="cuda")
+    est = r["memory_estimate_gib"]
+    assert est["total"] == pytest.approx(expected.total / GIB)
+    assert est["total"] == pytest.approx(sum(v for k, v in est.items() if k != "total"))
+    lines = device_summary.estimate_lines([r])
+    err = est["total"] / 20.0 - 1  # the record's measured peak allocated: 20 GiB
+    verdict = "met" if abs(err) <= 0.10 else "missed"
+    assert lines == [f"- memory estimate gpt2.toml [-]: {est['total']:.2f} GiB vs 20.00 GiB peak allocated "
+                     f"({err:+.1%}; target within 10%: {verdict})"]
+    assert device_summary.llama_mfu_lines([r]) == []  # the MFU target is for llama3_1b.toml only
+
+
+def test_llama_mfu_target_takes_the_best_bf16_gpu_record_only():
+    from perfkit.bench import device_summary
+
+    base = dict(config="configs/llama3_1b.toml", device="cuda", device_name="NVIDIA H200")
+    records = [dict(base, variant="bf16", float8=None, mfu=0.43),
+               dict(base, variant="rowwise", float8="rowwise", mfu=0.60),   # float8: not the bf16 target
+               dict(base, variant="fused", float8=None, mfu=0.46),
+               dict(base, device="cpu", variant="cpu", float8=None, mfu=None)]
+    assert device_summary.llama_mfu_lines(records) == [
+        "- target llama3_1b.toml >= 45% MFU in bf16: met (best 46.0%, variant fused, on NVIDIA H200)"]
