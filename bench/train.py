@@ -244,4 +244,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from perfkit.process_exit import exit_process
+    exit_process(main())  # a process group's threads must not race finalization (perfkit/process_exit.py)

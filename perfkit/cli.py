@@ -54,5 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def run() -> None:
+    """The installed `perfkit` command: main(), then exit_process, which is sys.exit unless the
+    subcommand created a process group (`perfkit train`; see perfkit/process_exit.py)."""
+    from perfkit.process_exit import exit_process
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -95,6 +95,8 @@ def _worker(mode: str, run_dir: Path, steps: int) -> int:
 
     torch.use_deterministic_algorithms(True)
     dist.init_process_group("gloo")
+    from perfkit import process_exit
+    process_exit.note_process_group()  # the trainer's own init does this (distributed.init)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = TinyNet()
@@ -185,16 +187,7 @@ def _worker(mode: str, run_dir: Path, steps: int) -> int:
 
 def _shutdown():
     import torch.distributed as dist
-    dist.barrier()  # every rank is done talking; _exit() then leaves without tearing gloo down
-
-
-def _exit(code: int) -> None:
-    """Leave without destroy_process_group or interpreter finalization: gloo's teardown sometimes
-    aborts a rank ("terminate called without an active exception", about 1 run in 6 here), which
-    would fail a scenario whose results are already written and checked."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    dist.barrier()  # every rank is done talking; exit_process() then leaves without finalization
 
 
 def _flat(sd, prefix=""):
@@ -208,4 +201,5 @@ def _flat(sd, prefix=""):
 
 
 if __name__ == "__main__":
-    _exit(_worker(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])))
+    from perfkit.process_exit import exit_process
+    exit_process(_worker(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])))

@@ -28,7 +28,8 @@ def planted(self, *args, **kwargs):  # a bug in the model, not bad input
 
 
 GPT.forward = planted
-sys.exit(main(sys.argv[1:]))
+from perfkit.process_exit import exit_process
+exit_process(main(sys.argv[1:]))
 '''
 
 

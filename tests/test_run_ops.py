@@ -336,4 +336,5 @@ def _driver(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_driver(sys.argv[1:]))
+    from perfkit.process_exit import exit_process
+    exit_process(_driver(sys.argv[1:]))  # as perfkit.train's own entry point ends

@@ -253,6 +253,10 @@ def test_offline_run_files_hold_the_scalars_and_config_and_a_resume_continues_th
     base = [CPU_DEBUG, *tiny_overrides(tmp_path, train, val), "--metrics.wandb=true", "--metrics.log_every=2",
             "--training.eval_every=4", "--metrics.bpb_tokenizer=gpt2", "--checkpoint.save_at_end=true"]
     assert main(base + ["--training.max_steps=4"]) == 0
+    # W&B names an attempt's folder offline-run-<local time to the second>-<run id>: a resume in the
+    # same second as the first attempt's init would share its folder (it did once in CI: here an
+    # attempt takes about a second from init to init); a real resume comes minutes later at least
+    time.sleep(1.01 - time.time() % 1)
     assert main(base + ["--training.max_steps=6", "--checkpoint.resume=auto"]) == 0
     capfd.readouterr()
     run_dir = tmp_path / "runs" / "test"

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from perfkit import ranks
+from perfkit import process_exit, ranks
 from perfkit.config import ParallelConfig, RunConfig
 from perfkit.errors import UserError
 
@@ -141,6 +141,7 @@ def init(env: Env, par: ParallelConfig) -> None:
         # plain `python -m perfkit.train`: a world of one needs no rendezvous
         kwargs.update(store=dist.HashStore(), rank=0, world_size=1)
     dist.init_process_group(**kwargs)
+    process_exit.note_process_group()  # its threads outlive destroy_process_group: see process_exit
 
 
 def shutdown() -> None:
