@@ -24,6 +24,7 @@ ALLOWED = [
     ("perfkit.bench", None),
     ("perfkit.errors", ()),
     ("perfkit.ranks", ()),                 # rank / world size helpers: torch.distributed only
+    ("perfkit.process_exit", ()),          # how a process that ran a process group ends: stdlib only
     ("perfkit.config", ("perfkit.errors",)),
     ("perfkit.atomic", ()),
     ("perfkit.kernels", ("perfkit.kernels",)),
