@@ -46,7 +46,7 @@ ALLOWED = [
     ("perfkit.train.bits_per_byte", ("perfkit.data", "perfkit.formats", "perfkit.errors", "perfkit.prep.tokenizer")),
     ("perfkit.train", ("perfkit.train", "perfkit.model", "perfkit.data", "perfkit.formats", "perfkit.checkpoint",
                        "perfkit.metrics", "perfkit.config", "perfkit.atomic", "perfkit.errors",
-                       "perfkit.ranks")),
+                       "perfkit.ranks", "perfkit.process_exit")),
 ]
 
 
