@@ -31,7 +31,7 @@ from perfkit.prep.jsonl import BadLineReport
 from perfkit.prep.pack_messages import Counted, Failed, ReadRows, Stop, Task, WriteTokens, Written
 from perfkit.prep.pack_plan import TaskPlan, plan_byte_chunks, plan_index_chunks  # noqa: F401 (re-exported)
 from perfkit.prep.pack_shuffle import shuffle_documents
-from perfkit.prep.pack_worker import PackJob, pwrite_all, worker_main
+from perfkit.prep.pack_worker import PackJob, forking_workers, pwrite_all, worker_main
 from perfkit.formats.pbin import HEADER_SIZE, encode_header, iter_index_pickle
 
 MAX_OUTSTANDING = 3          # chunks per worker: one being tokenized, one queued, one awaiting its offset
@@ -120,15 +120,16 @@ def run_pack(job: PackJob, plan: TaskPlan, dst: Path, tokenizer, workers: int, *
     procs, conns = [], []
     meter = _Progress(plan.known_bytes(), progress, n_src)
     try:
-        for _ in range(workers):
-            parent, child = ctx.Pipe(duplex=True)
-            inherited = tokenizer if ctx.get_start_method() == "fork" else None
-            p = ctx.Process(target=worker_main, args=(child, job, inherited, index), daemon=True,
-                            name="perfkit-pack-worker")
-            p.start()
-            child.close()
-            procs.append(p)
-            conns.append(parent)
+        with forking_workers():  # a signal now is acted on after the loop, with every worker in procs
+            for _ in range(workers):
+                parent, child = ctx.Pipe(duplex=True)
+                inherited = tokenizer if ctx.get_start_method() == "fork" else None
+                p = ctx.Process(target=worker_main, args=(child, job, inherited, index), daemon=True,
+                                name="perfkit-pack-worker")
+                p.start()
+                child.close()
+                procs.append(p)
+                conns.append(parent)
         if plan.decompressors is not None:
             plan.decompressors.start()   # after the fork: no worker inherits a running thread
         doc_tokens = _drive(job, plan, procs, conns, stats, meter, labels, index, str(dst))
