@@ -4,6 +4,7 @@ sending their token counts. Each run here is a subprocess with a timeout, so a r
 instead of hanging CI."""
 
 import functools
+import json
 import pickle
 import struct
 import subprocess
@@ -102,3 +103,38 @@ def test_main_to_worker_messages_stay_small_for_any_index():
     biggest_write = len(pickle.dumps(WriteTokens(2**62, 2**62)))
     assert MAX_OUTSTANDING * (biggest_task + biggest_write) < 4096
     assert max(len(pickle.dumps(t)) for t in plan_byte_chunks(2**50, 2**40)[-5:]) < 512
+
+
+def test_the_first_failure_in_input_order_is_the_one_reported(tmp_path, monkeypatch, capsys):
+    """Two chunks fail, the later one first (the earlier one is slow): the error names the earlier
+    chunk, as a bad line does, whatever order the workers finish in (it used to be whichever
+    failure arrived first, or "worker died (exit code 0)" when its exit was seen before its message)."""
+    import time
+
+    from perfkit.prep import pack_cmd, pack_worker
+
+    # ~6 MB in 1 MB chunks: chunks 0-2 go to worker 0, chunks 3-5 to worker 1 (MAX_OUTSTANDING = 3)
+    assert MAX_OUTSTANDING == 3
+    lines = [json.dumps({"text": f"doc {i} " + "x" * 2000}) for i in range(3000)]  # ~2 kB each
+    lines[10] = json.dumps({"text": "FAIL_EARLY " + "x" * 2000})   # chunk 0, worker 0
+    lines[1800] = json.dumps({"text": "FAIL_LATE " + "x" * 2000})  # chunk 3 (bytes 3.6 M), worker 1
+    src = tmp_path / "two_failures.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    real = pack_worker.tokenize_texts
+
+    def failing(texts, *args, **kwargs):  # runs in the forked workers
+        if any(t.startswith("FAIL_EARLY") for t in texts):
+            time.sleep(1.0)
+            raise RuntimeError("planted failure in the first chunk")
+        if any(t.startswith("FAIL_LATE") for t in texts):
+            raise RuntimeError("planted failure in the last chunk")
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(pack_worker, "tokenize_texts", failing)
+    dst = tmp_path / "out.pbin"
+    rc = pack_cmd.main([str(src), "-o", str(dst), "--tokenizer", "gpt2", "--workers", "2", "--chunk-mb", "1",
+                        "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"{src}: pack worker failed on chunk 0: " in err and "planted failure in the first chunk" in err, err
+    assert "last chunk" not in err and not dst.exists()

@@ -190,22 +190,33 @@ def _drive(job: PackJob, plan: TaskPlan, procs, conns, stats: PackStats, meter: 
         except OSError:  # broken pipe: the worker is gone
             raise _worker_died(procs[w]) from None
 
+    failures: dict[int, Failed] = {}           # chunk id -> its failure, raised in input order
+    failed_workers: set[int] = set()           # sent a Failed and exited: no more tasks, exit expected
+
     while not (plan.complete and written == len(tasks)):
         plan.advance()
         for w in range(n_workers):  # keep every worker busy, within its memory bound
-            while next_task < len(tasks) and len(outstanding[w]) < MAX_OUTSTANDING:
+            while not failures and next_task < len(tasks) and len(outstanding[w]) < MAX_OUTSTANDING:
                 send(w, tasks[next_task])
                 owner[next_task] = w
                 outstanding[w].add(next_task)
                 next_task += 1
-        ready = wait(conns + list(sentinel_of) + wake, timeout=PROGRESS_EVERY_S)
-        for obj in ready:
+        live = [w for w in range(n_workers) if w not in failed_workers]
+        ready = wait([conns[w] for w in live] + [procs[w].sentinel for w in live] + wake, timeout=PROGRESS_EVERY_S)
+        # messages before exits: a worker that fails sends Failed (naming the file and row) and
+        # exits at once; read in the other order, its error came out as "died (exit code 0)"
+        for obj in sorted(ready, key=lambda o: o in sentinel_of):
             if wake and obj == wake[0]:
                 plan.decompressors.drain_wake()
                 continue
             if obj in sentinel_of:
-                raise _worker_died(procs[sentinel_of[obj]])
+                w = sentinel_of[obj]
+                if w in failed_workers or conns[w].poll():  # unread messages (or the EOF after them) first
+                    continue
+                raise _worker_died(procs[w])
             w = conn_of[id(obj)]
+            if w in failed_workers:
+                continue
             try:
                 msg = obj.recv()
             except (EOFError, OSError):
@@ -213,23 +224,29 @@ def _drive(job: PackJob, plan: TaskPlan, procs, conns, stats: PackStats, meter: 
             if isinstance(msg, Failed):
                 if msg.output_write:  # pwrite into the output failed: the problem is DST's disk, not SRC
                     raise PackFailed(f"{dst_label}: cannot write the output: {msg.detail}; nothing was written")
-                if msg.complete:
-                    raise PackFailed(msg.detail)
-                label = labels[plan.task_src[msg.cid]] if 0 <= msg.cid < len(tasks) else labels[0]
-                raise PackFailed(f"{label}: pack worker failed on chunk {msg.cid}: {msg.detail}")
-            if isinstance(msg, Written):
+                if not next_in_order <= msg.cid < len(tasks):  # at start-up, or on a chunk already in order
+                    raise _chunk_failed(msg, labels[plan.task_src[msg.cid]] if 0 <= msg.cid < len(tasks) else labels[0])
+                # chunks before this one may fail too (two workers reading one damaged row group):
+                # the first failure in input order is the one to report, so wait for those chunks
+                failures[msg.cid] = msg
+                failed_workers.add(w)
+            elif isinstance(msg, Written):
                 outstanding[w].discard(msg.cid)
                 written += 1
                 continue
-            counted[msg.cid] = msg
-            while next_in_order in counted:  # offsets are handed out strictly in input order
+            else:
+                counted[msg.cid] = msg
+            while next_in_order in counted or next_in_order in failures:  # strictly in input order
+                if next_in_order in failures:
+                    raise _chunk_failed(failures[next_in_order], labels[plan.task_src[next_in_order]])
                 res = counted.pop(next_in_order)
                 task, src = tasks[next_in_order], plan.task_src[next_in_order]
                 meter.current = src
                 for line_idx, reason in res.bad:
                     report.add(_where(labels[src], index, lines_before[src] + line_idx, task, line_idx), reason)
                 n_tok = int(res.doc_tokens.sum())
-                send(owner[next_in_order], WriteTokens(next_in_order, data_offset))
+                if not failures:  # with a failure pending nothing is written (its worker is gone)
+                    send(owner[next_in_order], WriteTokens(next_in_order, data_offset))
                 data_offset += n_tok * job.token_width
                 doc_tokens.append(res.doc_tokens)
                 n_docs = int(res.doc_tokens.shape[0])
@@ -245,6 +262,12 @@ def _drive(job: PackJob, plan: TaskPlan, procs, conns, stats: PackStats, meter: 
                 next_in_order += 1
         meter.update(stats)
     return doc_tokens
+
+
+def _chunk_failed(msg: Failed, label: str) -> PackFailed:
+    if msg.complete:  # the message names its file and row itself
+        return PackFailed(msg.detail)
+    return PackFailed(f"{label}: pack worker failed on chunk {msg.cid}: {msg.detail}")
 
 
 def _where(label: str, index, line0: int, task: Task, line_idx: int) -> str:
