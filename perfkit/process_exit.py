@@ -14,7 +14,7 @@ So an entry point that may have created a process group ends with `exit_process(
 of `sys.exit(code)`: it does what finalization would have done that matters here, while the
 interpreter is whole, and then leaves with `os._exit`, so there is no finalization to race:
 
-    join the threads that are not daemons (what `sys.exit` waits for)
+    join the threads that are not daemons (what `sys.exit` waits for; threading._shutdown)
     run the atexit handlers (W&B's teardown, logging.shutdown, torch.compile's worker pool)
     flush stdout and stderr
     os._exit(code)
@@ -52,10 +52,16 @@ def exit_process(code: int | None) -> NoReturn:
     code = 0 if code is None else int(code)
     if not _group_created:
         sys.exit(code)
-    main = threading.main_thread()
-    for thread in threading.enumerate():
-        if thread is not main and not thread.daemon and thread.is_alive():
-            thread.join()
+    # what Py_FinalizeEx does first: threading._shutdown runs the threading atexit callbacks (which
+    # stop concurrent.futures' worker threads, e.g. torch.compile's) and joins the non-daemon threads
+    shutdown_threads = getattr(threading, "_shutdown", None)
+    if shutdown_threads is not None:
+        shutdown_threads()
+    else:  # not CPython: join what sys.exit would wait for
+        main = threading.main_thread()
+        for thread in threading.enumerate():
+            if thread is not main and not thread.daemon and thread.is_alive():
+                thread.join()
     # atexit._run_exitfuncs is what Py_FinalizeEx calls first; calling it here runs the same
     # handlers, in the same order, while every thread and module is still alive
     atexit._run_exitfuncs()

@@ -28,6 +28,9 @@ def late():
     time.sleep(0.3)
     sys.stderr.write("non-daemon thread done\\n")
 threading.Thread(target=late).start()
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(1)  # never shut down (as torch.compile leaves its pool): threading's atexit ends it
+pool.submit(time.sleep, 0.01)
 sys.stdout.write("buffered line\\n")   # a pipe: block-buffered, still unwritten at exit
 if sys.argv[1] == "group":
     process_exit.note_process_group()
@@ -37,7 +40,7 @@ process_exit.exit_process(int(sys.argv[2]))
 
 def _run(mode: str, code: int) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", SCRIPT, mode, str(code)], capture_output=True, text=True,
-                          timeout=60, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          timeout=30, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
 @pytest.mark.parametrize("code", [0, 3])
