@@ -178,3 +178,61 @@ def test_sigterm_of_pack_as_its_workers_start_prints_no_traceback(big_corpus, tm
         proc.send_signal(signal.SIGTERM)
         rc, err = finish(proc, kids, dst, time.monotonic())
         assert rc == 143 and "Traceback" not in err and "Exception ignored" not in err, (attempt, err[-2000:])
+
+
+def test_a_signal_during_the_commit_leaves_the_pbin_with_its_manifest(tmp_path, monkeypatch, capsys):
+    """SIGTERM between the rename of the .pbin and the write of its manifest: both are written, and
+    pack says the signal came after them (exit 143) - not "no output written" beside a .pbin
+    without its manifest, as before."""
+    from perfkit.formats.pbin_manifest import read_manifest
+    from perfkit.prep import pack_cmd
+
+    real = pack_cmd.write_manifest
+
+    def signalled_then_write(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the .pbin is in place, its manifest not yet
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pack_cmd, "write_manifest", signalled_then_write)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    dst = tmp_path / "out.pbin"
+    rc = pack_cmd.main([str(DEMO_TRAIN.with_name("shakespeare_val.jsonl")), "-o", str(dst), "--tokenizer", "gpt2",
+                        "--workers", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 143, err
+    assert f"SIGTERM received after {dst} and its manifest were written completely" in err
+    assert "no output written" not in err
+    assert read_manifest(dst).documents > 0  # present, and its fingerprint is that of the .pbin beside it
+    assert {s: signal.getsignal(s) for s in before} == before  # pack's handlers are gone again
+
+
+def test_held_defers_a_signal_that_another_thread_received():
+    """The OS may deliver SIGTERM to any thread that does not block it (a tokenizer's pool); Python
+    then runs the handler in the main thread, mask or not. held() notes it and acts at the end."""
+    import threading
+
+    from perfkit.prep.signals import MainSignals
+
+    class Stopped(Exception):
+        pass
+
+    def act(signum):
+        raise Stopped(signum)
+
+    sigs = MainSignals()
+    previous = sigs.install(act)
+    try:
+        with pytest.raises(Stopped):
+            with sigs.held():
+                t = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))  # unblocked thread
+                t.start()
+                t.join()
+                time.sleep(0.1)  # the handler has run by now (it notes, does not raise)
+                assert sigs.pending == signal.SIGTERM
+        sigs.committed = Path("done")
+        os.kill(os.getpid(), signal.SIGINT)  # after the commit: noted only
+        time.sleep(0.05)
+        assert sigs.late == signal.SIGINT
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -24,8 +24,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from perfkit.atomic import fsync_dir
 from perfkit.errors import UserError
 from perfkit.formats.pbin_manifest import PbinManifest, manifest_path, write_manifest
+from perfkit.prep import signals
 from perfkit.prep.cli_paths import check_input_file, check_output_path, output_folder
 from perfkit.prep.decompress import STREAM_ERRORS, Decompressors, iter_decompressed
 from perfkit.prep.jsonl import TextExtractor, extract_texts, parse_text_key, split_lines
@@ -265,25 +267,46 @@ def pack(settings: dict, *, force: bool = False, chunk_mb: float | None = None,
                           stop_at_first_bad=settings["on_bad_line"] == "error")
             stats = run_pack(job, plan, dst, tok, workers, labels=[p.label for p in planned], index=index,
                              progress=progress, shuffle=(seed, str(shuffled)) if shuffle else None)
+            stats.tokenizer_label, stats.token_width, stats.eod_id = tok.label, width, eod_id
+            stats.source_labels = [p.label for p in planned]
+            manifest = PbinManifest(tokenizer=tok.record(eod_id),
+                                    sources=source_records(sources, stats.source_documents),
+                                    documents=stats.documents, tokens=stats.tokens, text_bytes=stats.text_bytes,
+                                    token_width=width, skipped=dict(stats.skipped), shuffle_seed=seed,
+                                    perfkit_version=perfkit_version())
+            commit_output(Path(stats.finished_path), dst, manifest)
         finally:
             if decompressors is not None:
                 decompressors.close()
             for path in temps:
                 path.unlink(missing_ok=True)
-    stats.tokenizer_label, stats.token_width, stats.eod_id = tok.label, width, eod_id
-    stats.source_labels = [p.label for p in planned]
-    manifest = PbinManifest(tokenizer=tok.record(eod_id), sources=source_records(sources, stats.source_documents),
-                            documents=stats.documents, tokens=stats.tokens, text_bytes=stats.text_bytes,
-                            token_width=width, skipped=dict(stats.skipped), shuffle_seed=seed,
-                            perfkit_version=perfkit_version())
-    try:
-        write_manifest(dst, manifest)
-    except OSError as e:  # the .pbin without its manifest would look like a Modalities file: remove both
-        dst.unlink(missing_ok=True)
-        manifest_path(dst).unlink(missing_ok=True)
-        raise UserError(f"{manifest_path(dst)}: cannot write the manifest: {e.strerror or e}; "
-                        "nothing was written") from None
     return stats
+
+
+def _stop(signum: int) -> None:
+    """What SIGTERM/SIGINT do in pack's main process until the output is committed (signals.py)."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise PackAborted(143, "terminated (SIGTERM)")
+
+
+def commit_output(finished: Path, dst: Path, manifest: PbinManifest) -> None:
+    """Rename the finished file to DST and write its manifest beside it, with SIGTERM and SIGINT
+    held (perfkit/prep/signals.py): both files appear, or neither does."""
+    with signals.MAIN.held():
+        try:
+            os.replace(finished, dst)
+            fsync_dir(dst.parent)
+        except OSError as e:
+            raise PackFailed(f"{dst}: cannot write the output: {e.strerror or e}; nothing was written") from None
+        try:
+            write_manifest(dst, manifest)
+        except OSError as e:  # the .pbin without its manifest would look like a Modalities file: remove both
+            dst.unlink(missing_ok=True)
+            manifest_path(dst).unlink(missing_ok=True)
+            raise UserError(f"{manifest_path(dst)}: cannot write the manifest: {e.strerror or e}; "
+                            "nothing was written") from None
+        signals.MAIN.committed = dst  # from here a signal is only noted: the output is complete
 
 
 def source_lines(stats: PackStats) -> list[str]:
@@ -303,16 +326,12 @@ def summary_line(stats: PackStats, dst: str) -> str:
             f"skipped {skipped} lines" + (f" ({detail})" if skipped else ""))
 
 
-def _raise_terminated(signum, frame):
-    raise PackAborted(143, "terminated (SIGTERM)")
-
-
 def main(argv: list[str] | None = None) -> int:
     # intermixed: sources may come before and after the flags (`pack a.jsonl -o X b.jsonl`)
     args = build_parser().parse_intermixed_args(argv)
     # From here on SIGTERM unwinds like Ctrl-C: workers stopped, temporary file removed.
-    # (The only SIGTERM handler of pack: the pipeline installs none of its own.)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # (The only signal handlers of pack: the pipeline installs none of its own.)
+    previous = signals.MAIN.install(_stop)
     try:
         settings = _settings(args)
         stats = pack(settings, force=args.force, chunk_mb=args.chunk_mb, progress=not args.no_progress)
@@ -326,10 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perfkit pack: {e}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if len(stats.source_labels) > 1:
         print("\n".join(source_lines(stats)))
     print(summary_line(stats, settings["dst"]))
+    late = signals.MAIN.late
+    if late is not None:  # came while or after the output was committed: it is complete
+        print(f"perfkit pack: {signal.Signals(late).name} received after {settings['dst']} and its "
+              "manifest were written completely", file=sys.stderr)
+        return 128 + late
     return 0
 
 

@@ -31,7 +31,8 @@ from perfkit.prep.jsonl import BadLineReport
 from perfkit.prep.pack_messages import Counted, Failed, ReadRows, Stop, Task, WriteTokens, Written
 from perfkit.prep.pack_plan import TaskPlan, plan_byte_chunks, plan_index_chunks  # noqa: F401 (re-exported)
 from perfkit.prep.pack_shuffle import shuffle_documents
-from perfkit.prep.pack_worker import PackJob, forking_workers, pwrite_all, worker_main
+from perfkit.prep import signals
+from perfkit.prep.pack_worker import PackJob, pwrite_all, worker_main
 from perfkit.formats.pbin import HEADER_SIZE, encode_header, iter_index_pickle
 
 MAX_OUTSTANDING = 3          # chunks per worker: one being tokenized, one queued, one awaiting its offset
@@ -57,6 +58,7 @@ class PackStats:
     lines: int = 0
     bytes_in: int = 0
     seconds: float = 0.0
+    finished_path: str = ""   # the complete output, before commit_output (pack_cmd) renames it
     text_bytes: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     source_documents: list[int] = field(default_factory=list)   # per source, in command-line order
@@ -106,7 +108,9 @@ def _mp_context():
 def run_pack(job: PackJob, plan: TaskPlan, dst: Path, tokenizer, workers: int, *, labels: list[str],
              index: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
              shuffle: tuple[int, str] | None = None) -> PackStats:
-    """Tokenize the plan's tasks with `workers` processes into job.tmp_dst, then rename it to dst.
+    """Tokenize the plan's tasks with `workers` processes into job.tmp_dst (then shuffled into the
+    second temporary file under `shuffle`): the complete file is at stats.finished_path, for
+    pack_cmd's commit_output to rename to dst (named here in messages only).
 
     labels: each source's path as given (messages). index: the raw index's (offsets, lengths)
     when the tasks are ReadEntries (--index); forked workers share it, spawned ones get a copy.
@@ -120,7 +124,7 @@ def run_pack(job: PackJob, plan: TaskPlan, dst: Path, tokenizer, workers: int, *
     procs, conns = [], []
     meter = _Progress(plan.known_bytes(), progress, n_src)
     try:
-        with forking_workers():  # a signal now is acted on after the loop, with every worker in procs
+        with signals.MAIN.held():  # a signal now is acted on after the loop, with every worker in procs
             for _ in range(workers):
                 parent, child = ctx.Pipe(duplex=True)
                 inherited = tokenizer if ctx.get_start_method() == "fork" else None
@@ -144,10 +148,9 @@ def run_pack(job: PackJob, plan: TaskPlan, dst: Path, tokenizer, workers: int, *
                                                 shuffle[0], threads=workers)]
                 final = shuffle[1]
             _finish_file(final, job.token_width, doc_tokens, stats)
-            os.replace(final, dst)
-            fsync_dir(dst.parent)
         except OSError as e:  # disk full or an I/O error on the output's filesystem
             raise PackFailed(f"{dst}: cannot write the output: {e.strerror or e}; nothing was written") from None
+        stats.finished_path = final  # complete; pack_cmd.commit_output renames it to dst beside its manifest
         stats.seconds = time.monotonic() - t0
         if meter.tty:
             meter.update(stats, force=True)

@@ -11,7 +11,6 @@ worker pwrite()s its own tokens into the shared temporary output file: no single
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import traceback
@@ -21,6 +20,7 @@ import numpy as np
 
 from perfkit.errors import UserError
 from perfkit.prep.jsonl import LineChunk, TextExtractor, extract_texts, read_line_chunk
+from perfkit.prep import signals
 from perfkit.prep.pack_messages import Counted, Failed, ReadLines, ReadRows, Stop, WriteTokens, Written
 from perfkit.prep.parquet_source import ParquetSourceError, RowGroupReader
 from perfkit.formats.pbin import HEADER_SIZE, token_dtype
@@ -109,33 +109,12 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
-CHILD_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-@contextlib.contextmanager
-def forking_workers():
-    """Hold SIGTERM and SIGINT in this thread while worker processes are started.
-
-    A worker inherits the main process's handlers, which raise, and keeps them until worker_main
-    replaces them. A signal in that window - the main process's own cleanup terminating a worker
-    it has just forked, or a Ctrl-C reaching the whole process group - raised inside the new
-    worker's start-up ("Exception ignored in ... _after_fork", a KeyboardInterrupt traceback).
-    Held, the signal waits: the worker inherits the held mask (through fork and exec) and
-    worker_main releases it once SIGTERM is the default again and SIGINT ignored. The main
-    process's own signal is delivered when the block ends, where its handler can unwind cleanly."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, CHILD_HELD_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def worker_main(conn, job: PackJob, tokenizer=None, index: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Worker loop. `tokenizer` is inherited when forked (spawned workers resolve their own);
     `index` is the raw index's (offsets, lengths) under --index (ReadEntries names a slice of it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, CHILD_HELD_SIGNALS)  # held since the fork: see forking_workers
+    signals.release()  # held since the fork (perfkit/prep/signals.py)
     cid = -1
     try:
         tok = tokenizer or resolve_tokenizer(job.tokenizer)
