@@ -1,5 +1,7 @@
-"""Ctrl-C, SIGTERM, or a worker killed with SIGKILL: a non-zero exit within seconds, no hang,
-no DST and no temporary file left, no worker left running."""
+"""Ctrl-C, SIGTERM, or a worker killed with SIGKILL, in `perfkit pack` and `perfkit index`: a
+non-zero exit within seconds, no hang, no traceback, no DST and no temporary file left, no worker
+left running - also when the signal lands as the workers start; and a signal during pack's commit
+leaves the .pbin with its manifest (perfkit/prep/signals.py)."""
 
 import os
 import signal
