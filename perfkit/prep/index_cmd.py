@@ -18,11 +18,13 @@ import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from perfkit.errors import UserError
 from perfkit.atomic import write_atomic
+from perfkit.prep import signals
 from perfkit.prep.cli_paths import check_input_file, check_output_path, output_folder
 from perfkit.prep.jsonl import BadLineReport, TextExtractor, extract_texts, parse_text_key, read_line_chunk
 from perfkit.formats.index_pickle import IndexPickleError, iter_index_pickle, parse_index_pickle
@@ -71,14 +73,14 @@ def _index_chunk(bounds: tuple[int, int]):
 
 
 def build_raw_index(src: Path, key_path: tuple[str, ...], workers: int, on_bad_line: str,
-                    skipped: dict[str, int], stop: "StopSignals | None" = None) -> tuple[np.ndarray, np.ndarray]:
+                    skipped: dict[str, int], check: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Offsets and lengths of the good lines, chunks validated in parallel and collected in order.
 
     A ProcessPoolExecutor with a bounded window of submitted chunks, not multiprocessing.Pool:
     stopping a Pool early means Pool.terminate(), which can block forever joining workers (seen
     here about once in 40 runs that stopped at a bad line). Here an error cancels the chunks not
     yet started and waits only for the few in flight (1 MiB each, milliseconds).
-    `stop`: a signal recorded by it ends the loop between chunks (see StopSignals)."""
+    `check()`, called between chunks, raises when a signal has come (signals.MAIN.check)."""
     size = src.stat().st_size
     tasks = iter([(s, min(s + CHUNK_BYTES, size)) for s in range(0, size, CHUNK_BYTES)])
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
@@ -91,10 +93,10 @@ def build_raw_index(src: Path, key_path: tuple[str, ...], workers: int, on_bad_l
         try:
             while pending:
                 while not wait([pending[0]], timeout=STOP_POLL_S).done:  # the next chunk in file order
-                    if stop is not None:
-                        stop.check()
-                if stop is not None:
-                    stop.check()
+                    if check is not None:
+                        check()
+                if check is not None:
+                    check()
                 off, ln, n_lines, bad = pending.popleft().result()
                 pending.extend(pool.submit(_index_chunk, t) for t in itertools.islice(tasks, 1))
                 for i, reason in bad:
@@ -120,33 +122,8 @@ class Stopped(Exception):
         self.signum = signum
 
 
-class StopSignals:
-    """SIGTERM and SIGINT recorded, not raised where they land: an exception raised inside
-    ProcessPoolExecutor's own code (a submit, its shutdown) left it unable to shut down, and
-    `perfkit index` hung after a SIGTERM (1 run in 30 of tests/test_pack_signals.py here). The
-    handler only notes the signal; `check()` raises Stopped at the points chosen for it: between
-    chunks (at most STOP_POLL_S after the signal) and before the output is written."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> "StopSignals":
-        for s in (signal.SIGTERM, signal.SIGINT):
-            self._previous[s] = signal.signal(s, self._note)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _note(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise Stopped(self.signum)
+def _stop(signum: int) -> None:
+    raise Stopped(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     dst = Path(args.dst) if args.dst else src.with_suffix(".idx")
     t0 = time.monotonic()
     skipped: dict[str, int] = {}
-    # SIGTERM and Ctrl-C stop it between chunks: the pool is shut down and no .idx is written
-    with StopSignals() as stop:
-        try:
+    # SIGTERM and Ctrl-C are noted and acted on between chunks (signals.MAIN.deferred): raised
+    # wherever they landed, inside ProcessPoolExecutor.submit say, they left the pool unable to
+    # shut down and index hung (2 of 40 runs signalled as the pool started)
+    previous = signals.MAIN.install(_stop)
+    try:
+        with signals.MAIN.deferred():
             check_input_file(src)
             # `is None`, not `or`: --workers 0 is an error, as in pack, not the default.
             from perfkit.prep.pack_cmd import capped_workers, default_workers
@@ -176,24 +156,29 @@ def main(argv: list[str] | None = None) -> int:
             # Built here first: a failing pool initializer would be restarted forever (a hang).
             TextExtractor(key_path)
             check_output_path(dst, args.force, [src])
-            offsets, lengths = build_raw_index(src, key_path, workers, args.on_bad_line, skipped, stop)
-            stop.check()  # the last point at which a signal means "no output"
+            offsets, lengths = build_raw_index(src, key_path, workers, args.on_bad_line, skipped, signals.MAIN.check)
+            signals.MAIN.check()  # the last point at which a signal means "no output"
             with output_folder(dst):
                 try:
                     write_atomic(dst, iter_index_pickle(offsets, lengths))
                 except OSError as e:  # name DST, not the hidden temporary file beside it
                     raise UserError(f"{dst}: cannot write: {e.strerror or e}") from None
-        except Stopped as e:
-            what = "interrupted (Ctrl-C)" if e.signum == signal.SIGINT else "terminated (SIGTERM)"
-            print(f"perfkit index: {what}; no output written", file=sys.stderr)
-            return 128 + e.signum
-        except (UserError, OSError) as e:
-            print(f"perfkit index: {e}", file=sys.stderr)
-            return 1
-    if stop.signum is not None:  # arrived while the (atomic, complete) output was being written
-        print(f"perfkit index: {signal.Signals(stop.signum).name} received after {dst} was written completely",
+            signals.MAIN.committed = dst
+    except Stopped as e:
+        what = "interrupted (Ctrl-C)" if e.signum == signal.SIGINT else "terminated (SIGTERM)"
+        print(f"perfkit index: {what}; no output written", file=sys.stderr)
+        return 128 + e.signum
+    except (UserError, OSError) as e:
+        print(f"perfkit index: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    late = signals.MAIN.late
+    if late is not None:  # arrived while the (atomic, complete) output was being written
+        print(f"perfkit index: {signal.Signals(late).name} received after {dst} was written completely",
               file=sys.stderr)
-        return 128 + stop.signum
+        return 128 + late
     n_skip = sum(skipped.values())
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
     print(f"indexed {len(offsets):,} lines of {src} -> {dst} in {time.monotonic() - t0:.2f} s; "

@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT in `perfkit pack`'s main process: act at once, except at two moments.
+"""SIGTERM and SIGINT in the main process of `perfkit pack` and `perfkit index`.
 
 pack turns both signals into an exception that unwinds (workers stopped, temporary files removed,
 exit 143/130). Two moments must not be cut by it:
@@ -16,6 +16,7 @@ during the block (Python runs handlers in the main thread, whichever thread the 
 signal to - a tokenizer's thread pool, say - so the mask alone does not hold it back here); at the
 end of the block it acts on it. After `MAIN.committed` is set the output is complete: a signal is
 then only noted (`MAIN.late`), and pack says that it came after the output was written.
+`perfkit index` keeps its whole run `deferred()` and checks between chunks (index_cmd.py).
 """
 
 from __future__ import annotations
@@ -50,24 +51,42 @@ class MainSignals:
             self.act(signum)
 
     @contextlib.contextmanager
-    def held(self):
-        """A block that a signal does not cut: it is acted on when the block ends."""
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    def deferred(self):
+        """A block in which a signal is only noted; `check()` acts on it at points the block
+        chooses, and the end of the block acts on what is left. Threads and processes started in
+        it still receive signals (no OS mask): `perfkit index`, whose executor's own code an
+        exception raised by the handler left unable to shut down (a hang)."""
         self.holding += 1
         try:
             yield
         finally:
             self.holding -= 1
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one the OS held comes in here (_handle)
-            if not self.holding and self.pending is not None:
-                signum, self.pending = self.pending, None
-                if self.committed is not None:
-                    self.late = self.late or signum
-                elif self.act is not None:
-                    self.act(signum)
+            if not self.holding:
+                self.check()
+
+    @contextlib.contextmanager
+    def held(self):
+        """deferred(), plus this thread's OS mask blocked: a worker forked or spawned in the block
+        inherits the mask, so a signal sent to it waits for its release() (see the module note)."""
+        with self.deferred():
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+            try:
+                yield
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one the OS held comes in now, noted
+
+    def check(self) -> None:
+        """Act on a noted signal now (after the commit it is only reported: `late`)."""
+        if self.pending is None:
+            return
+        signum, self.pending = self.pending, None
+        if self.committed is not None:
+            self.late = self.late or signum
+        elif self.act is not None:
+            self.act(signum)
 
 
-MAIN = MainSignals()  # pack's main process has one set of handlers
+MAIN = MainSignals()  # a process has one set of handlers
 
 
 def release() -> None:
