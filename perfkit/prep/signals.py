@@ -31,9 +31,9 @@ HELD = frozenset({signal.SIGTERM, signal.SIGINT})
 
 class MainSignals:
     def __init__(self):
-        self.act: Callable[[int], None] | None = None   # raises: what a signal does outside held()
+        self.act: Callable[[int], None] | None = None   # raises: what a signal does outside deferred()
         self.holding = 0
-        self.pending: int | None = None   # came during held(), acted on at its end
+        self.pending: int | None = None   # came during deferred(): acted on by check() or at its end
         self.committed: Path | None = None
         self.late: int | None = None      # came after the commit: the output is complete
 
