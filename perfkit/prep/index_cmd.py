@@ -26,6 +26,7 @@ from perfkit.errors import UserError
 from perfkit.atomic import write_atomic
 from perfkit.prep import signals
 from perfkit.prep.cli_paths import check_input_file, check_output_path, output_folder
+from perfkit.prep.forking import frozen_heap
 from perfkit.prep.jsonl import BadLineReport, TextExtractor, extract_texts, parse_text_key, read_line_chunk
 from perfkit.formats.index_pickle import IndexPickleError, iter_index_pickle, parse_index_pickle
 
@@ -87,8 +88,9 @@ def build_raw_index(src: Path, key_path: tuple[str, ...], workers: int, on_bad_l
     workers = max(1, min(workers, -(-size // CHUNK_BYTES) or 1))
     offsets, lengths, lines_before = [], [], 0
     report = BadLineReport(on_bad_line == "error", skipped)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
-                             initargs=(str(src), size, key_path, on_bad_line == "error")) as pool:
+    # frozen for the pool's whole life: it may fork a worker at any submit (forking.py says why)
+    with frozen_heap(), ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
+                                            initargs=(str(src), size, key_path, on_bad_line == "error")) as pool:
         pending = deque(pool.submit(_index_chunk, t) for t in itertools.islice(tasks, 2 * workers))
         try:
             while pending:

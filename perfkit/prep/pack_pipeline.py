@@ -32,6 +32,7 @@ from perfkit.prep.pack_messages import Counted, Failed, ReadRows, Stop, Task, Wr
 from perfkit.prep.pack_plan import TaskPlan, plan_byte_chunks, plan_index_chunks  # noqa: F401 (re-exported)
 from perfkit.prep.pack_shuffle import shuffle_documents
 from perfkit.prep import signals
+from perfkit.prep.forking import frozen_heap
 from perfkit.prep.pack_worker import PackJob, pwrite_all, worker_main
 from perfkit.formats.pbin import HEADER_SIZE, encode_header, iter_index_pickle
 
@@ -124,7 +125,9 @@ def run_pack(job: PackJob, plan: TaskPlan, dst: Path, tokenizer, workers: int, *
     procs, conns = [], []
     meter = _Progress(plan.known_bytes(), progress, n_src)
     try:
-        with signals.MAIN.held():  # a signal now is acted on after the loop, with every worker in procs
+        # a signal now is acted on after the loop, with every worker in procs; the workers never
+        # collect (finalize) the parent's objects (forking.py)
+        with signals.MAIN.held(), frozen_heap():
             for _ in range(workers):
                 parent, child = ctx.Pipe(duplex=True)
                 inherited = tokenizer if ctx.get_start_method() == "fork" else None
