@@ -92,7 +92,8 @@ class BenchParts:
         self.steps_done += 1
         return train_step(t.model, t.optimizer, t.scheduler, t.loader.next_batch,
                           grad_accum=self.plan.grad_accum_steps, grad_clip=self.cfg.training.grad_clip,
-                          guard=t.guard, step_number=self.steps_done)
+                          guard=t.guard, step_number=self.steps_done,
+                          reduce_every_micro_batch=t.reduce_every_micro_batch)
 
     def close(self) -> None:
         self.loader.close()

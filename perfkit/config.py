@@ -246,7 +246,7 @@ class TrainingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """
 
     micro_batch_size: int = 8     # samples per rank per forward
-    grad_accum_steps: int = 1     # micro-batches per optimizer step (gradient sync on the last only)
+    grad_accum_steps: int = 1     # micro-batches per optimizer step (gradient sync: $.parallel.reduce_gradients)
     global_batch_size: int = 0    # samples per optimizer step; > 0: grad_accum_steps is derived from it
     max_steps: int = 0
     target_tokens: int = 0
@@ -270,6 +270,10 @@ class ParallelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backend: Literal["auto", "nccl", "gloo"] = "auto"      # auto: nccl on CUDA, gloo on CPU
     mixed_precision: Literal["bf16", "fp32"] = "bf16"      # bf16 params + fp32 gradient reduction; CPU runs fp32
     reshard_after_forward: bool = True                     # True: full shard; False: shard-grad-op (ZeRO-2)
+    # when gradients are reduce-scattered under accumulation: once per step, after the last micro-
+    # batch (the others keep every gradient unsharded, in fp32: 4 bytes per parameter on each rank),
+    # or after every micro-batch (they stay sharded: for models whose unsharded gradients do not fit)
+    reduce_gradients: Literal["last_micro_batch", "every_micro_batch"] = "last_micro_batch"
     compile: bool = True                                   # torch.compile each block (fullgraph) before sharding
     init_device: Literal["meta", "cpu"] = "meta"           # meta: shards are materialized and initialized on the
     # device (any model size); cpu: the whole model is initialized in host memory, then sharded (initial

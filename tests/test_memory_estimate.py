@@ -243,3 +243,76 @@ def test_checkpointing_and_the_fused_loss_shrink_their_terms():
 
 def _fields(m):
     return {f: getattr(m, f) for f in m.__struct_fields__}
+
+
+ACCUMULATED_GRADS_SCRIPT = r"""
+import json, sys
+import torch, torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from perfkit.config import load_config
+from perfkit.process_exit import exit_process, note_process_group
+from perfkit.train import parallelize
+from perfkit.train.memory_estimate import estimate_memory
+
+# the CUDA run's policy (bf16 compute, fp32 reduce) on the CPU: FSDP2's accumulation is the same code
+parallelize.mp_policy = lambda par, device, cast_inputs=True: MixedPrecisionPolicy(
+    param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=cast_inputs)
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+note_process_group()
+cfg = load_config(sys.argv[1], json.loads(sys.argv[2]))
+model = parallelize.build_model(cfg.model, cfg.parallel, torch.device("cpu"), seed=0)
+idx = torch.randint(0, cfg.model.vocab_size, (2, cfg.model.sequence_length))
+for sync in (False, False):  # two micro-batches of an accumulation, neither the last
+    parallelize.set_gradient_sync(model, sync)
+    model(idx, idx).backward()
+held = {}   # the unsharded gradients FSDP2 holds between micro-batches, bytes by dtype
+for module in model.modules():
+    state = getattr(module, "_get_fsdp_state", None)
+    group = state()._fsdp_param_group if state else None
+    for p in (group.fsdp_params if group else []):
+        g = p.unsharded_accumulated_grad if p.unsharded_accumulated_grad is not None else p.unsharded_param.grad
+        if g is not None:
+            held[str(g.dtype)] = held.get(str(g.dtype), 0) + g.numel() * g.element_size()
+kw = dict(micro_batch_size=2, world_size=1, grad_accum_steps=2, device_type="cuda")
+last = estimate_memory(cfg.model, cfg.parallel, **kw).breakdown["gradients"]
+every = estimate_memory(cfg.model, cfg.parallel.__class__(**{**{f: getattr(cfg.parallel, f) for f in
+        cfg.parallel.__struct_fields__}, "reduce_gradients": "every_micro_batch"}), **kw).breakdown["gradients"]
+print(json.dumps({"held": held, "estimated_extra": last - every, "params": sum(p.numel() for p in model.parameters())}))
+sys.stdout.flush()
+exit_process(0)
+"""
+
+
+@pytest.mark.slow
+def test_accumulated_gradients_are_held_in_fp32_as_the_estimate_counts():
+    """Under bf16 compute FSDP2 keeps a skipped micro-batch's unsharded gradients in the fp32 reduce
+    dtype (4 bytes per parameter, not 2): the estimate's extra gradient memory of accumulating
+    ("last_micro_batch") over "every_micro_batch" is those bytes, to one block's compute copy."""
+    overrides = ["--model.vocab_size=256", "--model.n_layer=3", "--model.n_embd=64", "--model.ffn_hidden=192",
+                 "--model.sequence_length=32", "--parallel.compile=false", "--parallel.init_device=meta",
+                 "--parallel.mixed_precision=bf16"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    r = subprocess.run([sys.executable, "-c", ACCUMULATED_GRADS_SCRIPT, CPU_DEBUG, json.dumps(overrides)],
+                       capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["held"] == {"torch.float32": 4 * out["params"]}, out   # every gradient, all in fp32
+    assert out["estimated_extra"] == pytest.approx(out["held"]["torch.float32"], rel=0.05), out
+
+
+def test_the_refusal_names_reduce_gradients_when_accumulating(monkeypatch):
+    from perfkit.errors import UserError
+    from perfkit.train import memory_estimate
+
+    cfg = ModelConfig(**BASE)
+    kw = dict(micro_batch_size=4, world_size=8, device_type="cuda")
+    accumulating = estimate_memory(cfg, ParallelConfig(), grad_accum_steps=4, **kw)
+    per_micro_batch = estimate_memory(cfg, ParallelConfig(reduce_gradients="every_micro_batch"),
+                                      grad_accum_steps=4, **kw)
+    single = estimate_memory(cfg, ParallelConfig(), grad_accum_steps=1, **kw)
+    assert per_micro_batch.total == single.total < accumulating.total
+    assert not per_micro_batch.saving and not single.saving
+    monkeypatch.setattr(memory_estimate, "available_bytes", lambda device: (accumulating.total - 1, "a test GPU"))
+    with pytest.raises(UserError, match='reduce_gradients = "every_micro_batch" would need'):
+        memory_estimate.check_fits(accumulating, torch.device("cpu"))
+    memory_estimate.check_fits(per_micro_batch, torch.device("cpu"))   # fits: no error

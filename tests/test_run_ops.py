@@ -283,6 +283,11 @@ def test_multi_node_example_fits_32_ranks_and_the_precheck_uses_the_job_world_si
     assert json.loads(out)["derived"]["world_size"] == 32
     rc, _, err = _train([CPU_DEBUG, "--world-size", "4"], capsys)
     assert rc == 2 and "--world-size N (N >= 1) plans a --dry-run" in err
+    rc, _, err = _train([CPU_DEBUG, "--device", "cuda"], capsys)
+    assert rc == 2 and "--device plans a --dry-run's memory estimate" in err
+    rc, out, err = _train(base + overrides + ["--device", "cuda"], capsys)  # GPU sizes from a CPU host
+    assert rc == 0, err
+    assert json.loads(out)["derived"]["memory_estimate"]["device"] == "cuda"
 
 
 # ---------------------------------------------------------------- driver (run as a script)

@@ -63,3 +63,24 @@ def test_bad_input_stops_every_rank_without_hanging(tmp_path):
     assert proc.returncode != 0
     assert "global_batch_size (9) is not divisible by" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_reduce_scatter_after_every_micro_batch_trains_like_once_per_step(tmp_path):
+    """$.parallel.reduce_gradients: two ranks x 2 micro-batches of 4, gradients reduce-scattered after
+    each micro-batch (and summed into the sharded gradient) or accumulated unsharded until the last:
+    the same losses and gradient norms, to fp32 rounding."""
+    steps = {"training.max_steps": 12, "metrics.log_every": 3, "training.micro_batch_size": 4,
+             "training.global_batch_size": 16}
+    train, val = make_dataset(tmp_path / "data")
+    runs = {}
+    for policy in ("last_micro_batch", "every_micro_batch"):
+        proc = torchrun(tiny_overrides(tmp_path, train, val, **steps, **{"parallel.reduce_gradients": policy})
+                        + [f"--run.experiment_id={policy}"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"grad accumulation 2 ({policy.replace('_', ' ')} reduce)" in proc.stderr, proc.stderr[-2000:]
+        runs[policy] = records(tmp_path / "runs" / policy)
+    last, every = runs["last_micro_batch"], runs["every_micro_batch"]
+    assert [r["step"] for r in last] == [r["step"] for r in every] == [3, 6, 9, 12]
+    assert [r["loss"] for r in every] == pytest.approx([r["loss"] for r in last], rel=1e-4)
+    assert [r["grad_norm"] for r in every] == pytest.approx([r["grad_norm"] for r in last], rel=1e-3)
+    assert last[0]["loss"] > last[-1]["loss"]

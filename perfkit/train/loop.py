@@ -67,6 +67,7 @@ class TrainParts:
     heartbeat: Any = None               # perfkit.train.heartbeat.Heartbeat, stopped after the first step
     val_bytes: Any = None               # perfkit.train.bits_per_byte.ValBytes: how val/bpb is computed, or None
     val_token_bytes: Any = None         # its (V,) int64 bytes-per-token table on the device (exact mode)
+    reduce_every_micro_batch: bool = False  # $.parallel.reduce_gradients = "every_micro_batch"
 
 
 def _peak_memory_gib(device: torch.device) -> float:
@@ -132,7 +133,8 @@ def _train(parts: TrainParts, plan: Plan, cfg: TrainingConfig, env: Env, metrics
         lr = parts.optimizer.param_groups[0]["lr"]  # the lr this step uses (a Python float: no sync)
         result = train_step(parts.model, parts.optimizer, parts.scheduler, loader.next_batch,
                             grad_accum=plan.grad_accum_steps, grad_clip=cfg.grad_clip, guard=parts.guard,
-                            step_number=progress.step + 1)
+                            step_number=progress.step + 1,
+                            reduce_every_micro_batch=parts.reduce_every_micro_batch)
         progress.step += 1
         progress.tokens_seen += plan.tokens_per_step
         step = progress.step

@@ -13,7 +13,10 @@ What it covers, per process (FSDP2 full sharding over `world_size` ranks, perfki
   without it, every block stays gathered between forward and backward. With
   parallel.init_device = "cpu" the whole fp32 model exists once before sharding (taken if larger).
 - gradients: the fp32 gradient shard, plus unsharded gradients: all of them when gradients
-  accumulate over micro-batches (no reduce-scatter until the last one), else a root and two blocks'.
+  accumulate over micro-batches (no reduce-scatter until the last one; FSDP2 accumulates them in
+  the fp32 reduce dtype, beside the compute-dtype gradients of the blocks in backward), else
+  (one micro-batch per step, or parallel.reduce_gradients = "every_micro_batch") a root and two
+  blocks' in the compute dtype.
 - optimizer_state: AdamW's two fp32 moments of this rank's shard.
 - activations: the tensors autograd saves for backward at the configured micro-batch, per token
   9*n_embd + 4*ffn_hidden (SwiGLU; 2*ffn_hidden for GELU) + 6 values per block (+ n_embd +
@@ -75,6 +78,7 @@ class MemoryEstimate:
     world_size: int
     micro_batch_size: int
     device_type: str
+    saving: str = ""            # a setting that would lower the estimate, for the refusal message
 
     @property
     def total(self) -> int:
@@ -85,7 +89,8 @@ class MemoryEstimate:
         return {"per_process_gib": {k: round(v / GIB, 3) for k, v in self.breakdown.items()},
                 "total_gib": round(self.total / GIB, 3), "world_size": self.world_size,
                 "micro_batch_size": self.micro_batch_size, "device": self.device_type,
-                "not_covered": "CUDA context, allocator slack, prefetched batches, compile and NCCL workspace"}
+                "not_covered": "CUDA context, allocator slack, prefetched batches, compile and NCCL workspace",
+                **({"saving": self.saving} if self.saving else {})}
 
     def summary(self) -> str:
         """One line: 'about 12.3 GiB per process (parameters 1.2, gradients ..., ...)'."""
@@ -178,8 +183,18 @@ def estimate_memory(model: ModelConfig, parallel: ParallelConfig, optimizer: Opt
         params -= gathered_blocks * float8.plan(model, parallel).converted_weight_elements() * (compute - 1)
     if parallel.init_device == "cpu":
         params = max(params, FP32 * total_params + FP32 * shard)  # the whole model, before sharding
-    unsharded_grads = total_params if grad_accum_steps > 1 else root + min(model.n_layer, 2) * block
-    grads = FP32 * shard + compute * unsharded_grads
+    in_backward = root + min(model.n_layer, 2) * block   # compute-dtype gradients being reduced
+    saving = ""
+    if grad_accum_steps > 1 and parallel.reduce_gradients == "last_micro_batch":
+        # between micro-batches FSDP2 keeps every unsharded gradient in the reduce dtype (fp32: it
+        # upcasts each micro-batch's bf16 gradients, FSDPParam.to_accumulated_grad_if_needed)
+        unsharded_grads = FP32 * total_params + (compute * in_backward if compute != FP32 else 0)
+        saved = unsharded_grads - compute * in_backward
+        saving = (f'$.parallel.reduce_gradients = "every_micro_batch" would need {saved / GIB:.2f} GiB less '
+                  "(gradients stay sharded; one reduce-scatter per micro-batch)")
+    else:
+        unsharded_grads = compute * in_backward
+    grads = FP32 * shard + unsharded_grads
     optim = ADAM_MOMENTS * FP32 * shard
     tokens = micro_batch_size * model.sequence_length
     # the blocks' saved tensors + one block's worth of backward working set
@@ -191,7 +206,7 @@ def estimate_memory(model: ModelConfig, parallel: ParallelConfig, optimizer: Opt
     return MemoryEstimate(
         breakdown={"parameters": params, "gradients": grads, "optimizer_state": optim,
                    "activations": activations, "logits": logits},
-        world_size=world_size, micro_batch_size=micro_batch_size, device_type=device_type)
+        world_size=world_size, micro_batch_size=micro_batch_size, device_type=device_type, saving=saving)
 
 
 def estimate_for_plan(cfg, plan, device_type: str) -> MemoryEstimate:
@@ -233,5 +248,6 @@ def check_fits(est: MemoryEstimate, device, enabled: bool = True) -> None:
     have, where = available_bytes(device)
     if est.total > have:
         raise UserError(f"this run needs {est.summary()}, more than the {have / GIB:.2f} GiB of {where}; "
-                         f"lower $.training.micro_batch_size or the model size, use more ranks, or set "
-                         f"$.run.check_memory = false to start anyway")
+                         + (f"{est.saving}; or " if est.saving else "")
+                         + "lower $.training.micro_batch_size or the model size, use more ranks, or set "
+                         "$.run.check_memory = false to start anyway")

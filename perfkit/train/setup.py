@@ -151,6 +151,11 @@ def check_outputs(cfg: Config) -> None:
         raise UserError(f"{key}: {e}{hint}") from None
 
 
+def _reduce_note(cfg: Config, plan: Plan) -> str:
+    """' (last micro batch reduce)' under accumulation: when gradients are reduce-scattered."""
+    return f" ({cfg.parallel.reduce_gradients.replace('_', ' ')} reduce)" if plan.grad_accum_steps > 1 else ""
+
+
 def configure_backends(cfg: Config, env: Env) -> None:
     """Process-wide numeric flags, set before anything is built."""
     if env.device.type == "cuda" and cfg.parallel.mixed_precision == "bf16":
@@ -180,7 +185,8 @@ def build_train_parts(cfg: Config, env: Env, plan: Plan, loader=None, datasets: 
         val_loader = build_val_loader(cfg.data, dataset=datasets.val, **loader_args)
     return TrainParts(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
                       val_loader=val_loader,
-                      guard=NonFiniteGuard(cfg.training.on_nonfinite))
+                      guard=NonFiniteGuard(cfg.training.on_nonfinite),
+                      reduce_every_micro_batch=cfg.parallel.reduce_gradients == "every_micro_batch")
 
 
 def check_metrics(cfg: Config, datasets: Datasets):
@@ -214,7 +220,8 @@ def run(cfg: Config, env: Env, plan: Plan, resolved: dict, datasets: Datasets | 
                   file=sys.stderr)
             print(f"perfkit train: {plan.world_size} rank(s) on {env.device.type}, {plan.parameters:,} parameters, "
                   f"{plan.max_steps} steps x {plan.tokens_per_step:,} tokens, grad accumulation "
-                  f"{plan.grad_accum_steps}, {precision}, compile {'on' if cfg.parallel.compile else 'off'}",
+                  f"{plan.grad_accum_steps}{_reduce_note(cfg, plan)}, {precision}, "
+                  f"compile {'on' if cfg.parallel.compile else 'off'}",
                   file=sys.stderr, flush=True)
             if val_bytes is not None and val_bytes[1]:
                 print(f"perfkit train: {val_bytes[1]}", file=sys.stderr, flush=True)

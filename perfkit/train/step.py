@@ -43,16 +43,18 @@ def grad_norm_and_clip(params: list[nn.Parameter], max_norm: float) -> torch.Ten
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, next_batch: Callable,
                *, grad_accum: int, grad_clip: float, guard=None,
-               step_number: int = 0) -> StepResult:
+               step_number: int = 0, reduce_every_micro_batch: bool = False) -> StepResult:
     """Run `grad_accum` micro-batches and one optimizer update.
 
     next_batch() -> (inputs, targets), int64 (B, S) on the device.
     Each micro-batch loss is divided by grad_accum so the accumulated gradient is the gradient of
     the mean loss over all B * grad_accum samples (each micro-batch has the same token count).
+    reduce_every_micro_batch: reduce-scatter after each micro-batch (FSDP2 adds the result to the
+    sharded gradient) instead of accumulating unsharded gradients until the last one.
     """
     loss_sum = None
     for micro in range(grad_accum):
-        set_gradient_sync(model, micro == grad_accum - 1)  # reduce-scatter on the last micro-batch only
+        set_gradient_sync(model, reduce_every_micro_batch or micro == grad_accum - 1)
         inputs, targets = next_batch()
         loss = model(inputs, targets) / grad_accum       # () fp32: the model owns the loss
         loss.backward()

@@ -51,6 +51,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--world-size", type=int, default=None, metavar="N",
                         help="with --dry-run: plan for N ranks (the job's real world size, e.g. nodes x GPUs "
                              "per node) instead of this launch's WORLD_SIZE")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                        help="with --dry-run: estimate the memory for this device type (e.g. cuda from a login "
+                             "node without GPUs: bf16 compute) instead of this machine's")
     args, rest = parser.parse_known_args(argv)
     overrides, i = [], 0
     while i < len(rest):  # accept --a.b=value and --a.b value
@@ -94,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print("perfkit train: --world-size N (N >= 1) plans a --dry-run for N ranks; torchrun sets the world "
               "size of a real run", file=sys.stderr)
         return INVALID
+    if args.device is not None and not args.dry_run:
+        print("perfkit train: --device plans a --dry-run's memory estimate; a real run uses the device it is "
+              "launched on", file=sys.stderr)
+        return INVALID
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             env = dataclasses.replace(env, world_size=args.world_size, rank=0, local_rank=0)
         datasets = setup.open_datasets(cfg, env.world_size)  # every .pbin opened once, here
         plan = setup.make_run_plan(cfg, env, datasets)
-        estimate = estimate_for_plan(cfg, plan, env.device.type)
+        estimate = estimate_for_plan(cfg, plan, args.device or env.device.type)
         float8_plan = setup.float8.plan(cfg.model, cfg.parallel) if cfg.parallel.float8 else None
         if args.dry_run:  # printed, not enforced: a pre-check may run on a login node without the GPUs
             out = resolved_config(cfg, plan)
