@@ -264,10 +264,10 @@ def test_rms_norm_backward_goes_chunked_above_8192(device):
 
 
 def test_the_triton_under_test_is_the_one_asked_for():
-    """.ci/run runs the kernel tests a second time against the GPU image's triton (3.6) by putting
-    it first on PYTHONPATH; this says that the override took, so that pass is not this venv's again."""
+    """.ci/run runs the kernel tests a second time in a venv with the GPU image's torch (2.11) and
+    the triton its wheel brings (3.6); this says that pass really has that triton, not this venv's."""
     want = os.environ.get("PERFKIT_EXPECT_TRITON")
     if not want:
-        pytest.skip("PERFKIT_EXPECT_TRITON not set (only .ci/run's second kernel pass sets it)")
+        pytest.skip("PERFKIT_EXPECT_TRITON not set (only .ci/run's second pass sets it)")
     import triton
     assert triton.__version__ == want, triton.__file__
