@@ -25,12 +25,18 @@ import sys
 from typing import Callable
 
 import torch
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.profiler import ProfilerActivity, profile
+
+from perfkit.config import load_config
+from perfkit.process_exit import exit_process
+from perfkit.train import distributed, parallelize, setup
+from perfkit.train.memory_estimate import GIB, estimate_for_plan
+from perfkit.train.step import train_step
 
 
 def peak_live_cpu_bytes(fn: Callable[[], object]) -> tuple[object, int]:
     """(fn(), the peak of live CPU tensor bytes allocated while it ran, above the level at its start)."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     events = [e for e in prof.profiler.kineto_results.events()
@@ -43,10 +49,6 @@ def peak_live_cpu_bytes(fn: Callable[[], object]) -> tuple[object, int]:
 
 
 def _use_cuda_policy() -> None:
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
-    from perfkit.train import parallelize
-
     def policy(par, device, cast_inputs=True):
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
                                     cast_forward_inputs=cast_inputs)
@@ -60,13 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cuda-policy", action="store_true", help="bf16/fp32 FSDP2 policy, estimate for cuda")
     p.add_argument("--json", help="append the record to this file")
     args, overrides = p.parse_known_args(argv)
-
-    from perfkit.config import load_config
-    from perfkit.process_exit import exit_process
-    from perfkit.train import distributed, setup
-    from perfkit.train.memory_estimate import GIB, estimate_for_plan
-    from perfkit.train.step import train_step
-
     if args.cuda_policy:
         overrides = [*overrides, "--parallel.mixed_precision=bf16"]
         _use_cuda_policy()
